@@ -1,0 +1,38 @@
+"""ginseng: out-of-core cell-type classifiers for single-cell data.
+
+Import as ``import ginseng as gs``; the public faces are :mod:`ginseng.pp`,
+:mod:`ginseng.tl` and :mod:`ginseng.pl`, plus :data:`ginseng.settings`. Importing
+ginseng does not import jax: the network code loads only when a function needs it.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from . import pl, pp, tl
+from ._errors import (
+    DownloadError,
+    GeneMismatchError,
+    GinsengError,
+    InputError,
+    ModelFormatError,
+    StoreError,
+)
+from ._settings import settings
+
+try:
+    __version__ = version("ginseng")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0+unknown"
+
+__all__ = [
+    "DownloadError",
+    "GeneMismatchError",
+    "GinsengError",
+    "InputError",
+    "ModelFormatError",
+    "StoreError",
+    "__version__",
+    "pl",
+    "pp",
+    "settings",
+    "tl",
+]

@@ -1,0 +1,67 @@
+"""Package-wide settings, exposed as ``ginseng.settings``."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def _default_cache_dir() -> Path:
+    if explicit := os.environ.get("GINSENG_CACHE_DIR"):
+        return Path(explicit).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ginseng"
+
+
+@dataclass
+class GinsengSettings:
+    """Settings shared by every ginseng function.
+
+    Attributes
+    ----------
+    verbosity
+        Level of the ``"ginseng"`` logger: 0 errors, 1 warnings, 2 info, 3 debug.
+        Setting it sets the logger level; ginseng adds no handler of its own.
+    progress_bar
+        Show tqdm progress bars for long work (store creation, epochs, chunks).
+    chunk_size
+        Default number of cells read at once from an AnnData or a file; peak
+        memory of chunked work grows with it, not with the number of cells.
+    cache_dir
+        Where files given by URL are downloaded to (once).
+    """
+
+    _verbosity: int = 1
+    progress_bar: bool = True
+    chunk_size: int = 10_000
+    cache_dir: Path = field(default_factory=_default_cache_dir)
+
+    @property
+    def verbosity(self) -> int:
+        """Logger level: 0 errors, 1 warnings, 2 info, 3 debug."""
+        return self._verbosity
+
+    @verbosity.setter
+    def verbosity(self, value: int) -> None:
+        levels = {0: logging.ERROR, 1: logging.WARNING, 2: logging.INFO, 3: logging.DEBUG}
+        if value not in levels:
+            raise ValueError(f"verbosity must be one of {sorted(levels)}, got {value!r}")
+        self._verbosity = value
+        logging.getLogger("ginseng").setLevel(levels[value])
+
+    def __setattr__(self, name: str, value) -> None:
+        if name == "cache_dir":
+            value = Path(value).expanduser()
+        elif name == "chunk_size" and (not isinstance(value, int) or value < 1):
+            raise ValueError(f"chunk_size must be a positive integer, got {value!r}")
+        super().__setattr__(name, value)
+
+    def __repr__(self) -> str:
+        return (
+            f"GinsengSettings(verbosity={self.verbosity}, progress_bar={self.progress_bar}, "
+            f"chunk_size={self.chunk_size}, cache_dir={str(self.cache_dir)!r})"
+        )
+
+
+settings = GinsengSettings()

@@ -1,0 +1,5 @@
+"""Data: reading inputs and the on-disk GinsengDataset store."""
+
+from .dataset import GinsengDataset
+
+__all__ = ["GinsengDataset"]

@@ -1,0 +1,98 @@
+"""Row-chunked access to the count matrix of an AnnData, in memory or backed.
+
+Every chunked computation in ginseng (HVG selection, store creation,
+classification) reads the matrix through :func:`iter_row_chunks`, so peak memory is
+bounded by ``chunk_size`` rows whatever the number of cells.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from anndata import AnnData
+
+from .._errors import InputError
+
+
+def get_matrix(adata: AnnData, layer: str | None = None) -> Any:
+    """Return the matrix behind ``adata.X`` or ``adata.layers[layer]`` without loading it.
+
+    For backed AnnData, anndata keeps only ``X`` on disk and reads layers into memory
+    on access; we open the layer's element in the file instead so that it stays out of
+    core too.
+    """
+    if layer is None:
+        if adata.X is None:
+            raise InputError("adata.X is empty (None); pass layer= to name the counts layer.")
+        return adata.X
+    if layer not in adata.layers.keys():
+        available = ", ".join(map(repr, adata.layers.keys())) or "none"
+        raise InputError(f"Layer {layer!r} not found in adata.layers (available: {available}).")
+    if adata.isbacked:
+        from anndata.io import sparse_dataset
+
+        element = adata.file[f"layers/{layer}"]
+        if hasattr(element, "attrs") and element.attrs.get("encoding-type", "").endswith(
+            "_matrix"
+        ):
+            return sparse_dataset(element)
+        return element
+    return adata.layers[layer]
+
+
+def _as_csr(block: Any) -> sp.csr_matrix:
+    if sp.issparse(block):
+        return sp.csr_matrix(block)
+    return sp.csr_matrix(np.asarray(block))
+
+
+def iter_row_chunks(
+    matrix: Any, chunk_size: int, rows: np.ndarray | None = None
+) -> Iterator[tuple[np.ndarray | slice, sp.csr_matrix]]:
+    """Yield ``(row_selection, csr_chunk)`` over ``matrix`` in blocks of ``chunk_size`` rows.
+
+    ``rows`` (sorted integer indices) restricts the walk to those rows; contiguous
+    slices are read otherwise. Chunks are CSR whatever the storage (dense, CSR, CSC,
+    backed).
+    """
+    n_rows = matrix.shape[0]
+    if rows is None:
+        for start in range(0, n_rows, chunk_size):
+            stop = min(start + chunk_size, n_rows)
+            yield slice(start, stop), _as_csr(matrix[start:stop])
+        return
+    # Walk the file in windows of chunk_size rows and keep the selected ones: one
+    # contiguous read per window is far cheaper on disk than fancy indexing, and the
+    # window bounds memory however sparse the selection is.
+    bounds = np.searchsorted(rows, np.arange(0, n_rows + chunk_size, chunk_size))
+    for window, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+        if lo == hi:
+            continue
+        idx = rows[lo:hi]
+        start = window * chunk_size
+        block = _as_csr(matrix[start : min(start + chunk_size, n_rows)])
+        yield idx, block[idx - start]
+
+
+def check_counts(chunk: sp.csr_matrix, *, where: str) -> None:
+    """Refuse negative or non-finite values in a chunk, naming ``where`` they came from."""
+    data = chunk.data
+    if data.size == 0:
+        return
+    if not np.isfinite(data).all():
+        n_bad = int((~np.isfinite(data)).sum())
+        raise InputError(f"{where} contains {n_bad} non-finite value(s) (NaN or inf); expected raw counts.")
+    if data.min() < 0:
+        n_neg = int((data < 0).sum())
+        raise InputError(
+            f"{where} contains {n_neg} negative value(s); expected raw counts "
+            "(scaled data cannot be used: pass layer= naming the counts layer)."
+        )
+
+
+def matrix_name(layer: str | None) -> str:
+    """Human-readable name of the matrix chosen by ``layer`` for error messages."""
+    return "adata.X" if layer is None else f"adata.layers[{layer!r}]"

@@ -1,0 +1,3 @@
+"""Plotting: functions return matplotlib Axes."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""Tools: train classifiers and annotate cells."""
+
+__all__: list[str] = []
