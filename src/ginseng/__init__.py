@@ -5,9 +5,9 @@ Import as ``import ginseng as gs``; the public faces are :mod:`ginseng.pp`,
 ginseng does not import jax: the network code loads only when a function needs it.
 """
 
+from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
 
-from . import pl, pp, tl
 from ._errors import (
     DownloadError,
     GeneMismatchError,
@@ -36,3 +36,16 @@ __all__ = [
     "settings",
     "tl",
 ]
+
+_SUBMODULES = {"pp", "tl", "pl", "data", "train", "model", "utils"}
+
+
+def __getattr__(name: str):
+    # Submodules load on first use so that `import ginseng` stays light.
+    if name in _SUBMODULES:
+        return import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | _SUBMODULES)
