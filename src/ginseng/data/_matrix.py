@@ -35,9 +35,7 @@ def get_matrix(adata: AnnData, layer: str | None = None) -> Any:
         from anndata.io import sparse_dataset
 
         element = adata.file[f"layers/{layer}"]
-        if hasattr(element, "attrs") and element.attrs.get("encoding-type", "").endswith(
-            "_matrix"
-        ):
+        if hasattr(element, "attrs") and element.attrs.get("encoding-type", "").endswith("_matrix"):
             return sparse_dataset(element)
         return element
     return adata.layers[layer]
@@ -84,7 +82,9 @@ def check_counts(chunk: sp.csr_matrix, *, where: str) -> None:
         return
     if not np.isfinite(data).all():
         n_bad = int((~np.isfinite(data)).sum())
-        raise InputError(f"{where} contains {n_bad} non-finite value(s) (NaN or inf); expected raw counts.")
+        raise InputError(
+            f"{where} contains {n_bad} non-finite value(s) (NaN or inf); expected raw counts."
+        )
     if data.min() < 0:
         n_neg = int((data < 0).sum())
         raise InputError(

@@ -1,0 +1,316 @@
+"""Writing a GinsengDataset store: validate, externally shuffle, compress, rename.
+
+The store holds the counts as CSR in a random row order, so that reading contiguous
+blocks later gives near-iid mini-batches even when the source is sorted by label or
+batch. The shuffle is external and bounded in memory: pass 1 reads the source chunk
+by chunk and routes every row to the shard that owns its destination position (a few
+appends per chunk into flat binary files); pass 2 loads one shard at a time, puts its
+rows in destination order and appends them to the compressed zarr arrays. Peak memory
+is therefore set by the chunk size, never by the number of cells.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+from anndata import AnnData
+
+from .. import _keys
+from .._errors import InputError, StoreError
+from .._logging import logger, progress
+from ._inputs import encode_obs_column, select_genes
+from ._matrix import check_counts, get_matrix, iter_row_chunks, matrix_name
+
+# Values per compressed chunk of the flat CSR arrays: large enough to compress well,
+# small enough that reading one mini-batch block decompresses little beyond it.
+VALUES_PER_CHUNK = 65_536
+
+
+def _compressors(dtype: np.dtype) -> list:
+    from zarr.codecs import BloscCodec
+
+    # Bit-shuffling small integers (counts, sorted column indices) before zstd gives
+    # 2-4x smaller chunks than plain zstd at the same decompression speed.
+    shuffle = "bitshuffle" if dtype.itemsize <= 2 else "shuffle"
+    return [BloscCodec(cname="zstd", clevel=3, shuffle=shuffle)]
+
+
+def _counts_dtype(all_integer: bool, max_value: float) -> np.dtype:
+    if not all_integer:
+        return np.dtype(np.float32)
+    if max_value <= np.iinfo(np.uint16).max:
+        return np.dtype(np.uint16)
+    if max_value <= np.iinfo(np.uint32).max:
+        return np.dtype(np.uint32)
+    return np.dtype(np.float32)
+
+
+class _ShardFiles:
+    """Flat binary files, one set per shard, that pass 1 appends rows to."""
+
+    def __init__(self, root: Path, n_shards: int) -> None:
+        self.root = root
+        self.root.mkdir()
+        self.n_shards = n_shards
+
+    def _path(self, shard: int, part: str) -> Path:
+        return self.root / f"{shard}.{part}"
+
+    def append(self, shard: int, dest: np.ndarray, block: sp.csr_matrix) -> None:
+        for part, values in (
+            ("dest", dest.astype(np.int64, copy=False)),
+            ("nnz", np.diff(block.indptr).astype(np.int64, copy=False)),
+            ("data", block.data.astype(np.float32, copy=False)),
+            ("indices", block.indices.astype(np.int32, copy=False)),
+        ):
+            with open(self._path(shard, part), "ab") as fh:
+                values.tofile(fh)
+
+    def read(self, shard: int, n_genes: int) -> tuple[np.ndarray, sp.csr_matrix]:
+        """Return the shard's destination positions and its rows, in arrival order."""
+
+        def load(part: str, dtype) -> np.ndarray:
+            path = self._path(shard, part)
+            return np.fromfile(path, dtype=dtype) if path.exists() else np.empty(0, dtype)
+
+        dest = load("dest", np.int64)
+        indptr = np.concatenate([[0], np.cumsum(load("nnz", np.int64))])
+        block = sp.csr_matrix(
+            (load("data", np.float32), load("indices", np.int32), indptr),
+            shape=(dest.size, n_genes),
+        )
+        return dest, block
+
+
+def _route_rows(
+    matrix,
+    gene_idx: np.ndarray,
+    n_genes_source: int,
+    dest: np.ndarray,
+    shard_rows: int,
+    shards: _ShardFiles,
+    chunk_size: int,
+    where: str,
+) -> tuple[int, bool, float]:
+    """Pass 1: read the source, validate it, append each row to its shard.
+
+    Returns the number of stored values, whether all are integers, and the maximum.
+    """
+    all_genes = gene_idx.size == n_genes_source
+    nnz, all_integer, max_value = 0, True, 0.0
+    bar = progress(total=dest.size, desc="reading counts", unit=" cells")
+    for rows, chunk in iter_row_chunks(matrix, chunk_size):
+        if not all_genes:
+            chunk = chunk[:, gene_idx]
+        chunk.eliminate_zeros()
+        chunk.sort_indices()
+        check_counts(chunk, where=where)
+        if chunk.nnz:
+            all_integer = all_integer and bool(np.array_equal(chunk.data, np.rint(chunk.data)))
+            max_value = max(max_value, float(chunk.data.max()))
+        nnz += chunk.nnz
+        chunk_dest = dest[rows]
+        shard_of = chunk_dest // shard_rows
+        order = np.argsort(shard_of, kind="stable")
+        chunk, chunk_dest, shard_of = chunk[order], chunk_dest[order], shard_of[order]
+        bounds = np.searchsorted(shard_of, np.arange(shards.n_shards + 1))
+        for shard in np.flatnonzero(np.diff(bounds)):
+            lo, hi = bounds[shard], bounds[shard + 1]
+            shards.append(int(shard), chunk_dest[lo:hi], chunk[lo:hi])
+        bar.update(chunk.shape[0])
+    bar.close()
+    return nnz, all_integer, max_value
+
+
+def _write_counts(
+    group,
+    shards: _ShardFiles,
+    n_cells: int,
+    n_genes: int,
+    nnz: int,
+    dtype: np.dtype,
+    shard_rows: int,
+) -> None:
+    """Pass 2: put each shard's rows in destination order and append them."""
+    data = group.create_array(
+        "X/data",
+        shape=(nnz,),
+        chunks=(VALUES_PER_CHUNK,),
+        dtype=dtype,
+        compressors=_compressors(dtype),
+    )
+    indices = group.create_array(
+        "X/indices",
+        shape=(nnz,),
+        chunks=(VALUES_PER_CHUNK,),
+        dtype=np.int32,
+        compressors=_compressors(np.dtype(np.int32)),
+    )
+    indptr = np.zeros(n_cells + 1, dtype=np.int64)
+    offset = 0
+    for shard in progress(range(shards.n_shards), desc="writing store", unit=" shards"):
+        dest, block = shards.read(shard, n_genes)
+        order = np.argsort(dest)
+        start = shard * shard_rows
+        expected = np.arange(start, min(start + shard_rows, n_cells))
+        if not np.array_equal(dest[order], expected):
+            raise StoreError(
+                f"Internal error: shard {shard} of the external shuffle is incomplete."
+            )
+        block = block[order]
+        indptr[start + 1 : start + 1 + block.shape[0]] = offset + block.indptr[1:]
+        if block.nnz:
+            data[offset : offset + block.nnz] = block.data.astype(dtype)
+            indices[offset : offset + block.nnz] = block.indices
+        offset += block.nnz
+    group.create_array(
+        "X/indptr",
+        data=indptr,
+        chunks=(VALUES_PER_CHUNK,),
+        compressors=_compressors(np.dtype(np.int64)),
+    )
+
+
+def _write_array(group, name: str, values: np.ndarray) -> None:
+    if values.dtype.kind in "OUT":
+        array = group.create_array(name, shape=values.shape, dtype=str)
+        array[:] = values.astype(str)
+    else:
+        group.create_array(name, data=values, chunks=(max(1, min(values.size, 1 << 20)),))
+
+
+def _source_description(adata: AnnData, source: str | None) -> str:
+    if source is not None:
+        return source
+    if adata.isbacked:
+        return str(adata.filename)
+    return "AnnData (in memory)"
+
+
+def _replace(tmp: Path, path: Path) -> None:
+    """Move the finished store into place; an old store there is removed only now."""
+    if path.exists():
+        trash = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.old")
+        os.replace(path, trash)
+        os.replace(tmp, path)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(tmp, path)
+
+
+def check_output_path(path: Path, overwrite: bool) -> None:
+    """Refuse to replace anything but a ginseng store, and that only with overwrite."""
+    if not path.exists():
+        if not path.parent.exists():
+            raise InputError(
+                f"Cannot create store {str(path)!r}: folder {str(path.parent)!r} does not exist."
+            )
+        return
+    if not overwrite:
+        raise InputError(
+            f"Store path {str(path)!r} already exists; pass overwrite=True to replace it."
+        )
+    meta = path / "zarr.json"
+    try:
+        is_store = json.loads(meta.read_text())["attributes"]["format"] == _keys.STORE_FORMAT
+    except (OSError, ValueError, KeyError, TypeError):
+        is_store = False
+    if not is_store:
+        raise StoreError(
+            f"{str(path)!r} exists and is not a GinsengDataset store; refusing to delete it "
+            "even with overwrite=True. Choose another path."
+        )
+
+
+def create_store(
+    path: Path,
+    adata: AnnData,
+    *,
+    label_key: str,
+    layer: str | None,
+    genes,
+    group_key: str | None,
+    overwrite: bool,
+    chunk_size: int,
+    seed: int,
+    source: str | None,
+) -> None:
+    """Validate ``adata`` and write it as a GinsengDataset store at ``path`` (atomically)."""
+    from .. import __version__
+
+    check_output_path(path, overwrite)
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        raise InputError(
+            f"Cannot create a store from an empty AnnData ({adata.n_obs} cells x {adata.n_vars} genes)."
+        )
+    labels = encode_obs_column(adata, label_key, role="label_key")
+    groups = (
+        encode_obs_column(adata, group_key, role="group_key") if group_key is not None else None
+    )
+    gene_idx = select_genes(adata, genes)
+    matrix = get_matrix(adata, layer)
+    n_cells, n_genes = adata.n_obs, gene_idx.size
+
+    import zarr
+
+    rng = np.random.default_rng(seed)
+    dest = rng.permutation(n_cells)  # destination row of each source row
+    shard_rows = chunk_size
+    n_shards = -(-n_cells // shard_rows)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.mkdir()
+    try:
+        # Opening with mode="w" empties the folder, so it comes before the shard files.
+        group = zarr.open_group(tmp, mode="w", zarr_format=3)
+        shards = _ShardFiles(tmp / "_shuffle", n_shards)
+        nnz, all_integer, max_value = _route_rows(
+            matrix, gene_idx, adata.n_vars, dest, shard_rows, shards, chunk_size, matrix_name(layer)
+        )
+        dtype = _counts_dtype(all_integer, max_value)
+        _write_counts(group, shards, n_cells, n_genes, nnz, dtype, shard_rows)
+        shutil.rmtree(shards.root)
+        cell_index = np.argsort(dest)  # source row of each stored row
+        _write_array(group, "cell_index", cell_index.astype(np.int64))
+        _write_array(group, "labels", labels.codes[cell_index])
+        _write_array(group, "genes", np.asarray(adata.var_names[gene_idx], dtype=str))
+        if groups is not None:
+            _write_array(group, "groups", groups.codes[cell_index])
+        group.attrs.update(
+            {
+                "format": _keys.STORE_FORMAT,
+                "format_version": _keys.STORE_FORMAT_VERSION,
+                "ginseng_version": __version__,
+                "created": datetime.now(UTC).isoformat(timespec="seconds"),
+                "source": _source_description(adata, source),
+                "layer": layer if layer is not None else "X",
+                "label_key": label_key,
+                "label_names": labels.names.tolist(),
+                "group_key": group_key if group_key is not None else "",
+                "group_names": groups.names.tolist() if groups is not None else [],
+                "n_cells": n_cells,
+                "n_genes": int(n_genes),
+                "nnz": int(nnz),
+                "counts_dtype": dtype.name,
+                "shuffle_seed": int(seed),
+            }
+        )
+        _replace(tmp, path)
+    except BaseException:
+        # Interrupts included: a failed create must leave nothing behind.
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info(
+        "stored %d cells x %d genes (%s counts, %d labels) in %s",
+        n_cells,
+        n_genes,
+        dtype.name,
+        labels.names.size,
+        path,
+    )

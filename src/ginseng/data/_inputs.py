@@ -1,0 +1,128 @@
+"""Validation of what a user asks to store: labels, groups and genes.
+
+Everything here runs on ``obs``/``var`` only (in memory even for backed AnnData), so a
+bad request fails in milliseconds, before any count is read or any file is written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+from .._errors import InputError
+
+
+@dataclass(frozen=True)
+class Codes:
+    """Integer codes of an ``obs`` column and the names they stand for."""
+
+    codes: np.ndarray  # int32, one per cell
+    names: np.ndarray  # str, code i -> names[i]
+
+
+def encode_obs_column(adata: AnnData, key: str, *, role: str) -> Codes:
+    """Encode ``adata.obs[key]`` as int32 codes, refusing missing or empty values.
+
+    ``role`` ("label_key", "group_key") names the argument in error messages.
+    """
+    if key not in adata.obs.columns:
+        close = [c for c in adata.obs.columns if key.lower() in c.lower()][:5]
+        hint = f" Similar columns: {close}." if close else ""
+        raise InputError(
+            f"{role}={key!r} is not a column of adata.obs "
+            f"(columns: {list(adata.obs.columns)[:20]}).{hint}"
+        )
+    column = adata.obs[key]
+    n_missing = int(column.isna().sum())
+    if n_missing:
+        raise InputError(
+            f"adata.obs[{key!r}] has {n_missing} missing (NaN) value(s) out of {adata.n_obs}; "
+            "drop or label those cells first, e.g. adata = adata[adata.obs[key].notna()]."
+        )
+    as_str = column.astype(str)
+    n_empty = int((as_str.str.strip() == "").sum())
+    if n_empty:
+        raise InputError(
+            f"adata.obs[{key!r}] has {n_empty} empty label(s) out of {adata.n_obs}; "
+            "give those cells a label or drop them."
+        )
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        # Keep the user's category order; unused categories would be labels with no cell.
+        categorical = column.cat.remove_unused_categories()
+        categorical = categorical.cat.rename_categories(
+            [str(c) for c in categorical.cat.categories]
+        )
+    else:
+        categorical = pd.Categorical(as_str, categories=sorted(as_str.unique()))
+        categorical = pd.Series(categorical)
+    names = np.asarray(categorical.cat.categories, dtype=str)
+    return Codes(np.asarray(categorical.cat.codes, dtype=np.int32), names)
+
+
+def select_genes(adata: AnnData, genes: str | Sequence[str] | np.ndarray | None) -> np.ndarray:
+    """Return the sorted column indices of the genes to store.
+
+    ``genes`` is ``None`` (all genes), the name of a boolean ``var`` column, a boolean
+    mask over ``var_names``, or a list of gene names. Stored gene names must be unique,
+    because classification aligns a query to the model by name.
+    """
+    var_names = adata.var_names
+    if genes is None:
+        idx = np.arange(adata.n_vars)
+    elif isinstance(genes, str):
+        if genes not in adata.var.columns:
+            raise InputError(
+                f"genes={genes!r} is not a column of adata.var; run "
+                f"gs.pp.select_hvgs(adata) to create 'ginseng_genes', or pass a list of gene names."
+            )
+        mask = adata.var[genes]
+        if mask.dtype != bool:
+            raise InputError(
+                f"adata.var[{genes!r}] must be boolean (True = use the gene), got dtype {mask.dtype}."
+            )
+        idx = np.flatnonzero(mask.to_numpy())
+    else:
+        genes = np.asarray(genes)
+        if genes.dtype == bool:
+            if genes.shape != (adata.n_vars,):
+                raise InputError(
+                    f"A boolean genes mask must have one entry per gene ({adata.n_vars}), "
+                    f"got shape {genes.shape}."
+                )
+            idx = np.flatnonzero(genes)
+        else:
+            wanted = pd.Index(genes.astype(str))
+            if wanted.has_duplicates:
+                dup = wanted[wanted.duplicated()].unique()[:5].tolist()
+                raise InputError(f"genes lists {len(dup)}+ name(s) twice, e.g. {dup}.")
+            positions = var_names.get_indexer(wanted) if var_names.is_unique else None
+            if positions is None:
+                raise InputError(
+                    "adata.var_names are not unique; call adata.var_names_make_unique() first."
+                )
+            missing = wanted[positions < 0]
+            if len(missing):
+                raise InputError(
+                    f"{len(missing)} of {len(wanted)} requested genes are not in adata.var_names, "
+                    f"e.g. {missing[:5].tolist()}."
+                )
+            # Store genes in the file's column order: reads stay sequential.
+            idx = np.sort(positions)
+    if idx.size == 0:
+        raise InputError(f"genes={_describe(genes)} selects 0 genes; select at least one.")
+    selected = var_names[idx]
+    if not selected.is_unique:
+        dup = selected[selected.duplicated()].unique()[:5].tolist()
+        raise InputError(
+            f"The selected genes contain duplicated names (e.g. {dup}); call "
+            "adata.var_names_make_unique() first so a model can align genes by name."
+        )
+    return idx.astype(np.int64)
+
+
+def _describe(genes) -> str:
+    return repr(genes) if isinstance(genes, str) else f"<{type(genes).__name__}>"

@@ -1,0 +1,122 @@
+"""Mini-batch streaming from a store: random blocks, a shuffle buffer, optional balancing.
+
+Rows were written in random order, so a contiguous block of rows is already a random
+sample of cells; reading whole blocks keeps disk access sequential. Blocks are visited
+in random order and gathered into a buffer that is shuffled (or, when balancing labels,
+resampled with weights inversely proportional to label frequency) before batches are
+cut from it. The next buffer is read in a background thread while the current one is
+consumed, since decompression releases the GIL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+
+@dataclass(frozen=True)
+class StreamPlan:
+    """What to stream: the rows, how to cut and mix them."""
+
+    rows: np.ndarray  # sorted store rows of the split
+    batch_size: int
+    shuffle: bool
+    balance_labels: bool
+    drop_last: bool
+    block_rows: int
+    buffer_rows: int
+
+
+class BlockReader:
+    """Reads rows of the store's CSR arrays; ``indptr`` is held in memory."""
+
+    def __init__(self, data, indices, indptr: np.ndarray, n_genes: int) -> None:
+        self._data, self._indices, self._indptr = data, indices, indptr
+        self.n_genes = n_genes
+
+    def read(self, start: int, stop: int, keep: np.ndarray) -> sp.csr_matrix:
+        """Rows ``keep`` (sorted, within ``[start, stop)``) as CSR, from one contiguous read."""
+        p0, p1 = int(self._indptr[start]), int(self._indptr[stop])
+        local_indptr = self._indptr[start : stop + 1] - p0
+        block = sp.csr_matrix(
+            (self._data[p0:p1], self._indices[p0:p1], local_indptr),
+            shape=(stop - start, self.n_genes),
+        )
+        return block if keep.size == stop - start else block[keep - start]
+
+
+def _blocks(rows: np.ndarray, n_cells: int, block_rows: int) -> list[tuple[int, int, np.ndarray]]:
+    """Contiguous store blocks holding at least one of ``rows``, with the rows they hold."""
+    edges = np.arange(0, n_cells + block_rows, block_rows)
+    bounds = np.searchsorted(rows, edges)
+    blocks = []
+    for b, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=False)):
+        if hi > lo:
+            start = b * block_rows
+            blocks.append((start, min(start + block_rows, n_cells), rows[lo:hi]))
+    return blocks
+
+
+def _buffers(blocks, order: np.ndarray, buffer_rows: int) -> list[list[int]]:
+    """Group blocks (in visiting ``order``) into buffers of at least ``buffer_rows`` rows."""
+    buffers, current, size = [], [], 0
+    for b in order:
+        current.append(int(b))
+        size += blocks[b][2].size
+        if size >= buffer_rows:
+            buffers.append(current)
+            current, size = [], 0
+    if current:
+        buffers.append(current)
+    return buffers
+
+
+def iterate(
+    reader: BlockReader,
+    labels: np.ndarray,
+    plan: StreamPlan,
+    rng: np.random.Generator,
+    n_cells: int,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield ``(X, y)`` batches (float32 dense counts, int32 labels) for one epoch."""
+    blocks = _blocks(plan.rows, n_cells, plan.block_rows)
+    order = rng.permutation(len(blocks)) if plan.shuffle else np.arange(len(blocks))
+    buffers = _buffers(blocks, order, plan.buffer_rows)
+    if plan.balance_labels:
+        present, counts = np.unique(labels[plan.rows], return_counts=True)
+        weight_of = np.zeros(labels.max() + 1 if labels.size else 1)
+        weight_of[present] = 1.0 / counts  # each label then carries equal total weight
+
+    def load(buffer: list[int]) -> tuple[sp.csr_matrix, np.ndarray]:
+        parts = [reader.read(*blocks[b]) for b in buffer]
+        keep = np.concatenate([blocks[b][2] for b in buffer])
+        X = sp.vstack(parts, format="csr") if len(parts) > 1 else parts[0]
+        y = labels[keep]
+        if plan.balance_labels:
+            p = weight_of[y]
+            pick = rng.choice(y.size, size=y.size, replace=True, p=p / p.sum())
+        elif plan.shuffle:
+            pick = rng.permutation(y.size)
+        else:
+            return X, y
+        return X[pick], y[pick]
+
+    carry_X, carry_y = None, None
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ginseng-stream") as pool:
+        pending = pool.submit(load, buffers[0]) if buffers else None
+        for i in range(len(buffers)):
+            X, y = pending.result()
+            pending = pool.submit(load, buffers[i + 1]) if i + 1 < len(buffers) else None
+            if carry_X is not None:
+                X, y = sp.vstack([carry_X, X], format="csr"), np.concatenate([carry_y, y])
+            n_full = y.size // plan.batch_size * plan.batch_size
+            for lo in range(0, n_full, plan.batch_size):
+                hi = lo + plan.batch_size
+                yield X[lo:hi].toarray().astype(np.float32, copy=False), y[lo:hi].astype(np.int32)
+            carry_X, carry_y = X[n_full:], y[n_full:]
+        if carry_y is not None and carry_y.size and not plan.drop_last:
+            yield carry_X.toarray().astype(np.float32, copy=False), carry_y.astype(np.int32)

@@ -1,0 +1,478 @@
+"""GinsengDataset: a compressed, shuffled, on-disk store of counts for training.
+
+Layout (zarr v3 group; see ``docs/formats.md``)::
+
+    store.zarr/            attrs: format, format_version, ginseng_version, created, source,
+                                  layer, label_key, label_names, group_key, group_names,
+                                  n_cells, n_genes, nnz, counts_dtype, shuffle_seed
+      X/data               counts (uint16/uint32 when integer, else float32), CSR order
+      X/indices            int32 gene index of each value
+      X/indptr             int64, n_cells + 1
+      cell_index           int64 row of each stored cell in the source
+      labels, groups       int32 codes (groups only with group_key)
+      genes                gene names, model input order
+      splits/train, test   sorted int64 store rows (after make_split)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from anndata import AnnData
+
+from .. import _keys
+from .._errors import InputError, StoreError
+from .._logging import logger
+from .._settings import settings
+from . import _split
+from ._stream import BlockReader, StreamPlan, iterate
+
+_REQUIRED = ("X/data", "X/indices", "X/indptr", "cell_index", "labels", "genes")
+
+
+class GinsengDataset:
+    """A GinsengDataset store on disk, opened for reading splits and streaming batches.
+
+    Create one from an AnnData with :meth:`create`; open an existing one with
+    ``GinsengDataset(path)``.
+
+    Parameters
+    ----------
+    path
+        Directory of a store written by :meth:`create`.
+
+    Raises
+    ------
+    StoreError
+        If ``path`` does not exist, is not a GinsengDataset store, was written by a
+        newer ginseng, or is truncated.
+
+    Examples
+    --------
+    >>> import anndata as ad, numpy as np, pandas as pd
+    >>> from ginseng.data import GinsengDataset
+    >>> rng = np.random.default_rng(0)
+    >>> adata = ad.AnnData(
+    ...     rng.poisson(1.0, (300, 50)).astype(np.float32),
+    ...     obs=pd.DataFrame({"cell_type": rng.choice(["B", "T"], 300)}),
+    ... )
+    >>> ds = GinsengDataset.create(tmp_path / "toy.zarr", adata, label_key="cell_type")
+    >>> ds.n_cells, ds.n_genes, list(ds.label_names)
+    (300, 50, ['B', 'T'])
+    >>> realised = ds.make_split(fraction=0.1)
+    >>> X, y = next(ds.stream(batch_size=64))
+    >>> X.shape, X.dtype, y.dtype
+    ((64, 50), dtype('float32'), dtype('int32'))
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        import zarr
+
+        self.path = Path(path).expanduser()
+        if not self.path.exists():
+            raise StoreError(
+                f"No GinsengDataset store at {str(self.path)!r}: the path does not exist."
+            )
+        try:
+            group = zarr.open_group(self.path, mode="r", zarr_format=3)
+            attrs = dict(group.attrs)
+        except Exception as err:  # zarr raises several types for foreign directories
+            raise StoreError(
+                f"{str(self.path)!r} is not a GinsengDataset store (no readable zarr v3 group: {err})."
+            ) from err
+        if attrs.get("format") != _keys.STORE_FORMAT:
+            raise StoreError(
+                f"{str(self.path)!r} is not a GinsengDataset store (format attribute "
+                f"{attrs.get('format')!r}, expected {_keys.STORE_FORMAT!r})."
+            )
+        version = attrs.get("format_version")
+        if not isinstance(version, int) or version > _keys.STORE_FORMAT_VERSION:
+            raise StoreError(
+                f"Store {str(self.path)!r} has format version {version!r}; this ginseng reads "
+                f"up to {_keys.STORE_FORMAT_VERSION}. Upgrade ginseng or recreate the store."
+            )
+        self._group = group
+        self._attrs = attrs
+        self._check_complete()
+
+    def _check_complete(self) -> None:
+        present = []
+        for name in _REQUIRED:
+            try:
+                self._group[name]
+                present.append(name)
+            except KeyError:
+                pass
+        missing = sorted(set(_REQUIRED) - set(present))
+        if self.has_groups and "groups" not in self._group:
+            missing.append("groups")
+        if missing:
+            raise StoreError(
+                f"Store {str(self.path)!r} is truncated: missing {missing}. Recreate it."
+            )
+        n, nnz = self.n_cells, int(self._attrs["nnz"])
+        shapes = {
+            "X/indptr": (self._group["X/indptr"].shape, (n + 1,)),
+            "X/data": (self._group["X/data"].shape, (nnz,)),
+            "X/indices": (self._group["X/indices"].shape, (nnz,)),
+            "labels": (self._group["labels"].shape, (n,)),
+            "genes": (self._group["genes"].shape, (self.n_genes,)),
+        }
+        bad = {k: v for k, v in shapes.items() if v[0] != v[1]}
+        if bad:
+            raise StoreError(
+                f"Store {str(self.path)!r} is inconsistent (shape, expected): {bad}. Recreate it."
+            )
+
+    # ------------------------------------------------------------------ creation
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike,
+        adata: AnnData | str | os.PathLike,
+        label_key: str,
+        layer: str | None = None,
+        genes: str | Sequence[str] | np.ndarray | None = None,
+        group_key: str | None = None,
+        overwrite: bool = False,
+        *,
+        chunk_size: int | None = None,
+        seed: int = 0,
+    ) -> GinsengDataset:
+        """Write raw counts of ``adata`` to a new store at ``path`` and open it.
+
+        Counts are stored as compressed CSR (integer dtype kept when all values are
+        integers) in a random row order, via a bounded-memory external shuffle, so
+        that streamed blocks are near-iid even when ``adata`` is sorted by label or
+        batch. Creation is atomic: the store is written to a hidden sibling and
+        renamed at the end; on any failure (bad input, full disk, interrupt) nothing
+        is left at ``path``.
+
+        Parameters
+        ----------
+        path
+            Output directory (conventionally ``*.zarr``). Its parent must exist.
+        adata
+            An AnnData (in memory or backed), or a path/URL read with
+            :func:`ginseng.data.io.read_adata` (``.h5ad`` files are read backed).
+        label_key
+            Column of ``adata.obs`` with the cell-type labels (no missing or empty value).
+        layer
+            Layer with raw counts; ``None`` uses ``adata.X``.
+        genes
+            Genes to store: the name of a boolean ``var`` column (e.g. ``"ginseng_genes"``
+            from :func:`ginseng.pp.select_hvgs`), a list of gene names, a boolean mask, or
+            ``None`` for all genes.
+        group_key
+            Optional ``obs`` column (batch, donor, ...) enabling group-level splits.
+        overwrite
+            Replace an existing store at ``path``. Anything that is not a
+            GinsengDataset store is never deleted.
+        chunk_size
+            Cells read at once; peak memory grows with it, not with the number of cells.
+            Defaults to ``ginseng.settings.chunk_size``.
+        seed
+            Seed of the row shuffle.
+
+        Returns
+        -------
+        The opened :class:`GinsengDataset`. ``adata`` is not modified.
+
+        Raises
+        ------
+        InputError
+            Missing ``label_key``/``group_key``/``layer``, missing or empty labels, a
+            ``genes`` column that is missing or not boolean, zero genes, negative or
+            non-finite values, an empty AnnData, an existing ``path`` without
+            ``overwrite=True``.
+        """
+        from ._create import create_store
+
+        source = None
+        if not isinstance(adata, AnnData):
+            from .io import read_adata
+
+            source = str(adata)
+            adata = read_adata(adata, backed="r" if str(adata).endswith(".h5ad") else None)
+        chunk_size = settings.chunk_size if chunk_size is None else int(chunk_size)
+        if chunk_size < 1:
+            raise InputError(f"chunk_size must be a positive integer, got {chunk_size}.")
+        path = Path(path).expanduser()
+        create_store(
+            path,
+            adata,
+            label_key=label_key,
+            layer=layer,
+            genes=genes,
+            group_key=group_key,
+            overwrite=overwrite,
+            chunk_size=chunk_size,
+            seed=seed,
+            source=source,
+        )
+        return cls(path)
+
+    # ---------------------------------------------------------------- properties
+    @property
+    def n_cells(self) -> int:
+        """Number of cells in the store."""
+        return int(self._attrs["n_cells"])
+
+    @property
+    def n_genes(self) -> int:
+        """Number of genes (model inputs)."""
+        return int(self._attrs["n_genes"])
+
+    @property
+    def gene_names(self) -> np.ndarray:
+        """Gene names in stored (model input) order."""
+        return np.asarray(self._group["genes"][:], dtype=str)
+
+    @property
+    def label_names(self) -> np.ndarray:
+        """Label names; label code ``i`` stands for ``label_names[i]``."""
+        return np.asarray(self._attrs["label_names"], dtype=str)
+
+    @property
+    def has_groups(self) -> bool:
+        """Whether the store was created with a ``group_key``."""
+        return bool(self._attrs.get("group_key"))
+
+    @property
+    def group_names(self) -> np.ndarray | None:
+        """Group names (code ``i`` -> ``group_names[i]``), or ``None`` without groups."""
+        return np.asarray(self._attrs["group_names"], dtype=str) if self.has_groups else None
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Label code (int32) of every stored cell, in store order."""
+        if not hasattr(self, "_labels"):
+            self._labels = np.asarray(self._group["labels"][:], dtype=np.int32)
+        return self._labels
+
+    @property
+    def groups(self) -> np.ndarray | None:
+        """Group code (int32) of every stored cell, or ``None`` without groups."""
+        return np.asarray(self._group["groups"][:], dtype=np.int32) if self.has_groups else None
+
+    @property
+    def cell_index(self) -> np.ndarray:
+        """Row of each stored cell in the source AnnData."""
+        return np.asarray(self._group["cell_index"][:], dtype=np.int64)
+
+    @property
+    def counts_dtype(self) -> np.dtype:
+        """On-disk dtype of the counts (integer when the source held integers)."""
+        return np.dtype(self._attrs["counts_dtype"])
+
+    @property
+    def attrs(self) -> dict:
+        """Store metadata: source, layer, label and group keys, versions."""
+        return dict(self._attrs)
+
+    @property
+    def splits(self) -> dict[str, np.ndarray]:
+        """Stored splits: name -> sorted int64 store rows (empty before :meth:`make_split`)."""
+        if "splits" not in self._group:
+            return {}
+        group = self._group["splits"]
+        return {
+            name: np.asarray(group[name][:], dtype=np.int64) for name in sorted(group.array_keys())
+        }
+
+    # -------------------------------------------------------------------- splits
+    def make_split(
+        self,
+        fraction: float = 0.1,
+        stratify_group: bool = False,
+        *,
+        group_mode: Literal["fraction", "groups"] = "fraction",
+        seed: int = 0,
+    ) -> float:
+        """Split the cells into ``"train"`` and ``"test"`` and store the split.
+
+        Parameters
+        ----------
+        fraction
+            Target fraction of cells in ``"test"``, in (0, 1).
+        stratify_group
+            Put whole groups (the store's ``group_key``) on one side, so that no batch
+            or donor is seen in both. Otherwise the split is stratified by label: every
+            label with at least two cells has cells on both sides.
+        group_mode
+            With ``stratify_group``: ``"fraction"`` chooses groups so the realised test
+            cell fraction is as close as possible to ``fraction``; ``"groups"`` puts
+            ``round(fraction * n_groups)`` groups in test.
+        seed
+            Seed of the random assignment.
+
+        Returns
+        -------
+        The realised test fraction (also logged and stored in the split's attributes).
+        Writes ``splits/train`` and ``splits/test`` into the store, replacing an earlier
+        split.
+        """
+        if not 0 < fraction < 1:
+            raise InputError(f"fraction must be in (0, 1), got {fraction}.")
+        rng = np.random.default_rng(seed)
+        if stratify_group:
+            if not self.has_groups:
+                raise InputError(
+                    "stratify_group=True needs groups, but this store was created without "
+                    "group_key; recreate it with GinsengDataset.create(..., group_key='batch')."
+                )
+            test = _split.whole_groups(self.groups, fraction, rng, group_mode)
+        else:
+            if group_mode not in _split.GROUP_MODES:
+                raise InputError(
+                    f"group_mode must be one of {_split.GROUP_MODES}, got {group_mode!r}."
+                )
+            test = _split.label_stratified(self.labels, fraction, rng)
+        train = np.setdiff1d(np.arange(self.n_cells, dtype=np.int64), test, assume_unique=True)
+        realised = test.size / self.n_cells
+        self._write_split(
+            {"train": train, "test": test},
+            {
+                "fraction": float(fraction),
+                "realised_fraction": realised,
+                "seed": int(seed),
+                "stratify_group": bool(stratify_group),
+                "group_mode": group_mode,
+            },
+        )
+        logger.info(
+            "split %s: %d train / %d test cells (test fraction %.3f, asked %.3f)",
+            self.path.name,
+            train.size,
+            test.size,
+            realised,
+            fraction,
+        )
+        return realised
+
+    def _write_split(self, splits: dict[str, np.ndarray], info: dict) -> None:
+        import zarr
+
+        group = zarr.open_group(self.path, mode="r+", zarr_format=3)
+        target = group.require_group("splits")
+        for name, rows in splits.items():
+            target.create_array(
+                name, data=rows, chunks=(max(1, min(rows.size, 1 << 20)),), overwrite=True
+            )
+        target.attrs.update(info)
+        self._group = zarr.open_group(self.path, mode="r", zarr_format=3)
+
+    @property
+    def split_info(self) -> dict:
+        """How the stored split was made (fraction asked and realised, seed, mode)."""
+        return dict(self._group["splits"].attrs) if "splits" in self._group else {}
+
+    # ----------------------------------------------------------------- streaming
+    def _rows(self, split: str) -> np.ndarray:
+        if split == "all":
+            return np.arange(self.n_cells, dtype=np.int64)
+        splits = self.splits
+        if split not in splits:
+            hint = " Call make_split() first." if not splits else ""
+            raise InputError(f"Unknown split {split!r}; available: {['all', *splits]}.{hint}")
+        return splits[split]
+
+    def stream(
+        self,
+        batch_size: int = 256,
+        split: str = "train",
+        shuffle: bool = True,
+        balance_labels: bool = False,
+        seed: int | None = None,
+        drop_last: bool | None = None,
+        *,
+        block_size: int = 1024,
+        buffer_size: int = 16_384,
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Iterate once over a split in mini-batches of raw counts.
+
+        Contiguous blocks of ``block_size`` stored rows are read in random order into a
+        buffer of at least ``buffer_size`` cells, which is shuffled before batches are
+        cut from it; rows were already shuffled when the store was written, so batches
+        are near-iid even for label-sorted sources. Memory is bounded by the buffer.
+
+        Parameters
+        ----------
+        batch_size
+            Rows per batch.
+        split
+            ``"train"``, ``"test"`` (after :meth:`make_split`) or ``"all"``.
+        shuffle
+            Visit blocks in random order and shuffle within the buffer. Without shuffle,
+            cells come in store order.
+        balance_labels
+            Resample each buffer with replacement, with weights inversely proportional to
+            each label's frequency in the split, so every label is equally likely per
+            draw. An epoch keeps the split's length; rare cells repeat, common cells are
+            skipped. Nothing is densified beyond one batch.
+        seed
+            Seed of block order, shuffling and resampling; ``None`` is non-deterministic.
+        drop_last
+            Drop the last incomplete batch. Default: ``True`` when shuffling (training),
+            ``False`` otherwise (evaluation sees every cell).
+        block_size, buffer_size
+            Rows per contiguous read and minimum rows per shuffle buffer.
+
+        Yields
+        ------
+        X
+            ``float32`` array ``(batch_size, n_genes)`` of raw counts.
+        y
+            ``int32`` array ``(batch_size,)`` of label codes (see :attr:`label_names`).
+        """
+        if batch_size < 1:
+            raise InputError(f"batch_size must be a positive integer, got {batch_size}.")
+        if block_size < 1 or buffer_size < 1:
+            raise InputError("block_size and buffer_size must be positive integers.")
+        plan = StreamPlan(
+            rows=self._rows(split),
+            batch_size=int(batch_size),
+            shuffle=bool(shuffle),
+            balance_labels=bool(balance_labels),
+            drop_last=bool(shuffle) if drop_last is None else bool(drop_last),
+            block_rows=int(block_size),
+            buffer_rows=max(int(buffer_size), int(batch_size)),
+        )
+        return iterate(self._reader(), self.labels, plan, np.random.default_rng(seed), self.n_cells)
+
+    def _reader(self) -> BlockReader:
+        if not hasattr(self, "_block_reader"):
+            self._block_reader = BlockReader(
+                self._group["X/data"],
+                self._group["X/indices"],
+                np.asarray(self._group["X/indptr"][:], dtype=np.int64),
+                self.n_genes,
+            )
+        return self._block_reader
+
+    # ---------------------------------------------------------------------- repr
+    def __len__(self) -> int:
+        return self.n_cells
+
+    def __repr__(self) -> str:
+        labels = self.label_names
+        shown = ", ".join(labels[:6]) + (", ..." if labels.size > 6 else "")
+        lines = [
+            f"GinsengDataset at {str(self.path)!r}: {self.n_cells} cells x {self.n_genes} genes "
+            f"({self.counts_dtype.name} counts, {int(self._attrs['nnz'])} non-zeros)",
+            f"    labels: {labels.size} from obs[{self._attrs['label_key']!r}]: {shown}",
+        ]
+        if self.has_groups:
+            lines.append(
+                f"    groups: {self.group_names.size} from obs[{self._attrs['group_key']!r}]"
+            )
+        splits = self.splits
+        if splits:
+            sizes = ", ".join(f"{k} {v.size}" for k, v in splits.items())
+            lines.append(f"    splits: {sizes}")
+        lines.append(f"    source: {self._attrs['source']} (layer {self._attrs['layer']!r})")
+        return "\n".join(lines)
