@@ -12,7 +12,6 @@ is therefore set by the chunk size, never by the number of cells.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import uuid
 from datetime import UTC, datetime
@@ -198,11 +197,11 @@ def _replace(tmp: Path, path: Path) -> None:
     """Move the finished store into place; an old store there is removed only now."""
     if path.exists():
         trash = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.old")
-        os.replace(path, trash)
-        os.replace(tmp, path)
+        path.replace(trash)
+        tmp.replace(path)
         shutil.rmtree(trash, ignore_errors=True)
     else:
-        os.replace(tmp, path)
+        tmp.replace(path)
 
 
 def check_output_path(path: Path, overwrite: bool) -> None:

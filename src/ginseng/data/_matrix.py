@@ -7,6 +7,7 @@ bounded by ``chunk_size`` rows whatever the number of cells.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from typing import Any
 
@@ -66,7 +67,7 @@ def iter_row_chunks(
     # contiguous read per window is far cheaper on disk than fancy indexing, and the
     # window bounds memory however sparse the selection is.
     bounds = np.searchsorted(rows, np.arange(0, n_rows + chunk_size, chunk_size))
-    for window, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+    for window, (lo, hi) in enumerate(itertools.pairwise(bounds)):
         if lo == hi:
             continue
         idx = rows[lo:hi]

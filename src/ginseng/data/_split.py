@@ -10,13 +10,14 @@ GROUP_MODES = ("fraction", "groups")
 
 
 def label_stratified(labels: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
-    """Return sorted test rows: ``fraction`` of every label, at least one cell of each
-    label with two or more cells, so every label is seen on both sides where possible.
+    """Return sorted test rows holding ``fraction`` of the cells of every label.
+
+    Every label with two or more cells gets at least one cell on each side.
     """
     test = []
     for code in np.unique(labels):
         rows = np.flatnonzero(labels == code)
-        n_test = int(round(fraction * rows.size))
+        n_test = round(fraction * rows.size)
         if rows.size >= 2:
             n_test = min(max(n_test, 1), rows.size - 1)
         test.append(rng.choice(rows, size=n_test, replace=False))
@@ -41,7 +42,7 @@ def whole_groups(
         )
     order = rng.permutation(codes.size)
     if mode == "groups":
-        n_test = min(max(int(round(fraction * codes.size)), 1), codes.size - 1)
+        n_test = min(max(round(fraction * codes.size), 1), codes.size - 1)
         chosen = order[:n_test]
     else:
         chosen = _closest_subset(sizes, order, fraction * groups.size)

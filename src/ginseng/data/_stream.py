@@ -10,6 +10,7 @@ consumed, since decompression releases the GIL.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -54,7 +55,7 @@ def _blocks(rows: np.ndarray, n_cells: int, block_rows: int) -> list[tuple[int, 
     edges = np.arange(0, n_cells + block_rows, block_rows)
     bounds = np.searchsorted(rows, edges)
     blocks = []
-    for b, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=False)):
+    for b, (lo, hi) in enumerate(itertools.pairwise(bounds)):
         if hi > lo:
             start = b * block_rows
             blocks.append((start, min(start + block_rows, n_cells), rows[lo:hi]))

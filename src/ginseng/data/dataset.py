@@ -230,7 +230,8 @@ class GinsengDataset:
     @property
     def gene_names(self) -> np.ndarray:
         """Gene names in stored (model input) order."""
-        return np.asarray(self._group["genes"][:], dtype=str)
+        # zarr returns numpy StringDType, which casts to fixed-width str only via object.
+        return self._group["genes"][:].astype(object).astype(str)
 
     @property
     def label_names(self) -> np.ndarray:
