@@ -37,7 +37,7 @@ __all__ = [
     "tl",
 ]
 
-_SUBMODULES = {"pp", "tl", "pl", "data", "train", "model", "utils"}
+_SUBMODULES = {"pp", "tl", "pl", "data", "datasets", "train", "model", "utils"}
 
 
 def __getattr__(name: str):

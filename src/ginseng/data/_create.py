@@ -27,18 +27,19 @@ from .._logging import logger, progress
 from ._inputs import encode_obs_column, select_genes
 from ._matrix import check_counts, get_matrix, iter_row_chunks, matrix_name
 
-# Values per compressed chunk of the flat CSR arrays: large enough to compress well,
-# small enough that reading one mini-batch block decompresses little beyond it.
-VALUES_PER_CHUNK = 65_536
+# Values per compressed chunk of the flat CSR arrays. zarr's per-chunk overhead
+# dominates below this: 64k-value chunks read 2-3x slower (measured on 100k x 2k cells),
+# while one chunk still holds only ~100-1000 cells, far less than a streamed block.
+VALUES_PER_CHUNK = 262_144
 
 
 def _compressors(dtype: np.dtype) -> list:
     from zarr.codecs import BloscCodec
 
-    # Bit-shuffling small integers (counts, sorted column indices) before zstd gives
-    # 2-4x smaller chunks than plain zstd at the same decompression speed.
+    # Blosc's lz4 decompresses ~1.5x faster than zstd here for a ~10% larger store;
+    # bit-shuffling small integer counts makes them compress like a run of zeros.
     shuffle = "bitshuffle" if dtype.itemsize <= 2 else "shuffle"
-    return [BloscCodec(cname="zstd", clevel=3, shuffle=shuffle)]
+    return [BloscCodec(cname="lz4", clevel=5, shuffle=shuffle)]
 
 
 def _counts_dtype(all_integer: bool, max_value: float) -> np.dtype:

@@ -391,7 +391,7 @@ class GinsengDataset:
         seed: int | None = None,
         drop_last: bool | None = None,
         *,
-        block_size: int = 1024,
+        block_size: int = 4096,
         buffer_size: int = 16_384,
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Iterate once over a split in mini-batches of raw counts.
