@@ -1,0 +1,9 @@
+"""Reading single-cell data and (de)serialising models: the seed's public paths.
+
+``from ginseng.data.io import read_adata`` is the documented entry point; importing
+this module does not import scanpy or anndata until a function is called.
+"""
+
+from ._read import read_adata
+
+__all__ = ["read_adata"]
