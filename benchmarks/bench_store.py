@@ -31,6 +31,11 @@ RESULTS = HERE / "results"
 
 
 def _peak_rss_mb() -> float:
+    # VmHWM belongs to this process image; ru_maxrss would carry the parent's peak
+    # across fork and exec.
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

@@ -1,0 +1,274 @@
+"""select_hvgs against scanpy, chunked and backed, and the synthetic count generator."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import warnings
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scanpy as sc
+import scipy.sparse as sp
+
+import ginseng as gs
+from ginseng._errors import InputError
+from ginseng.utils import select_hvgs
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_synthetic():
+    spec = importlib.util.spec_from_file_location(
+        "_ginseng_synthetic", ROOT / "benchmarks/synthetic.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+synthetic = _load_synthetic()
+
+
+@pytest.fixture(autouse=True)
+def _no_progress_bar():
+    before = gs.settings.progress_bar
+    gs.settings.progress_bar = False
+    yield
+    gs.settings.progress_bar = before
+
+
+@pytest.fixture(scope="module")
+def pbmc() -> ad.AnnData:
+    """pbmc68k_reduced with its raw counts recovered (700 cells x 765 genes)."""
+    full = sc.datasets.pbmc68k_reduced()
+    raw = full.raw.to_adata()
+    logged = raw.X.toarray() if sp.issparse(raw.X) else np.asarray(raw.X)
+    counts = np.rint(np.expm1(logged) * full.obs["n_counts"].to_numpy()[:, None] / 1e4)
+    return ad.AnnData(
+        sp.csr_matrix(counts.astype(np.float32)),
+        obs=full.obs[["bulk_labels", "phase"]].copy(),
+        var=pd.DataFrame(index=raw.var_names.copy()),
+    )
+
+
+@pytest.fixture(scope="module")
+def synth() -> ad.AnnData:
+    return synthetic.make_synthetic_adata(1500, 1200, n_types=5, seed=3)
+
+
+def _scanpy_v3(adata, n, batch_key=None) -> pd.Index:
+    """Genes scanpy selects with seurat_v3, in its order."""
+    ref = sc.pp.highly_variable_genes(
+        adata.copy(), flavor="seurat_v3", n_top_genes=n, batch_key=batch_key, inplace=False
+    )
+    keys = ["highly_variable_rank"] + (["highly_variable_nbatches"] if batch_key else [])
+    ref = ref.sort_values(keys, ascending=[True, False][: len(keys)], na_position="last")
+    assert ref["highly_variable"].sum() == n
+    return ref.index[:n]
+
+
+def _scanpy_seurat(adata, n, batch_key=None) -> pd.Index:
+    """Genes scanpy selects with seurat on normalize_total + log1p, in its order."""
+    logged = adata.copy()
+    sc.pp.normalize_total(logged, target_sum=1e4)
+    sc.pp.log1p(logged)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        ref = sc.pp.highly_variable_genes(
+            logged, flavor="seurat", n_top_genes=n, batch_key=batch_key, inplace=False
+        )
+    if batch_key is None:
+        ref = ref.sort_values("dispersions_norm", ascending=False, kind="stable")
+    else:  # scanpy breaks ties in gene-name order
+        ref = ref.sort_index().sort_values(
+            ["highly_variable_nbatches", "dispersions_norm"], ascending=False, na_position="last"
+        )
+    return ref.index[: int(ref["highly_variable"].sum())]
+
+
+def _selected(table: pd.DataFrame) -> pd.Index:
+    return table.index[table["selected"]][np.argsort(table["rank"][table["selected"]])]
+
+
+@pytest.mark.parametrize("n_top", [50, 200])
+def test_seurat_v3_matches_scanpy_pbmc(pbmc, n_top):
+    table = select_hvgs(pbmc, n_top, inplace=False, chunk_size=64)
+    assert _selected(table).equals(_scanpy_v3(pbmc, n_top))
+    ref = sc.pp.highly_variable_genes(
+        pbmc.copy(), flavor="seurat_v3", n_top_genes=n_top, inplace=False
+    )
+    np.testing.assert_allclose(table["means"], ref["means"], rtol=1e-12)
+    np.testing.assert_allclose(table["variances_norm"], ref["variances_norm"], rtol=1e-10)
+    assert "nbatches" not in table
+
+
+@pytest.mark.parametrize(("data", "batch_key"), [("pbmc", "phase"), ("synth", "batch")])
+def test_seurat_v3_batches_match_scanpy(request, data, batch_key):
+    adata = request.getfixturevalue(data)
+    table = select_hvgs(adata, 200, batch_key=batch_key, inplace=False, chunk_size=97)
+    assert _selected(table).equals(_scanpy_v3(adata, 200, batch_key))
+    assert table["nbatches"].max() == adata.obs[batch_key].nunique()
+
+
+@pytest.mark.parametrize("n_top", [100, 1200])
+def test_seurat_v3_matches_scanpy_synthetic(synth, n_top):
+    table = select_hvgs(synth, n_top, inplace=False)
+    assert _selected(table).equals(_scanpy_v3(synth, n_top))
+
+
+@pytest.mark.parametrize("batch_key", [None, "phase"])
+def test_seurat_matches_scanpy(pbmc, batch_key):
+    table = select_hvgs(pbmc, 200, flavor="seurat", batch_key=batch_key, inplace=False)
+    assert _selected(table).equals(_scanpy_seurat(pbmc, 200, batch_key))
+
+
+def test_seurat_does_not_modify_input(synth):
+    adata = synth.copy()
+    before = adata.X.copy()
+    select_hvgs(adata, 100, flavor="seurat", batch_key="batch", chunk_size=100)
+    assert (adata.X != before).nnz == 0
+    assert _selected(select_hvgs(adata, 100, flavor="seurat", inplace=False)).equals(
+        _scanpy_seurat(synth, 100)
+    )
+
+
+@pytest.mark.parametrize("flavor", ["seurat_v3", "seurat"])
+def test_storage_and_chunk_size_do_not_matter(synth, flavor):
+    expected = select_hvgs(synth, 150, flavor=flavor, batch_key="batch", inplace=False)
+    for X, chunk_size in [
+        (synth.X.toarray(), 7),
+        (sp.csc_matrix(synth.X), 1000),
+        (synth.X, 1),
+        (synth.X.astype(np.int32), 4096),
+    ]:
+        other = ad.AnnData(X, obs=synth.obs, var=synth.var)
+        table = select_hvgs(
+            other, 150, flavor=flavor, batch_key="batch", inplace=False, chunk_size=chunk_size
+        )
+        pd.testing.assert_series_equal(table["rank"], expected["rank"])
+        np.testing.assert_allclose(table["means"], expected["means"], rtol=1e-12)
+
+
+def test_backed_x_and_layer_match_in_memory(synth, tmp_path):
+    adata = synth.copy()
+    adata.layers["counts"] = adata.X.copy()
+    adata.X = sp.csr_matrix(adata.shape, dtype=np.float32)
+    path = tmp_path / "counts.h5ad"
+    adata.write_h5ad(path)
+    ad.AnnData(synth.X, obs=synth.obs, var=synth.var).write_h5ad(tmp_path / "x.h5ad")
+
+    expected = select_hvgs(synth, 200, batch_key="batch", inplace=False)
+    backed = ad.read_h5ad(path, backed="r")
+    select_hvgs(backed, 200, layer="counts", batch_key="batch", chunk_size=333)
+    np.testing.assert_array_equal(backed.var["ginseng_genes"], expected["selected"])
+    np.testing.assert_array_equal(backed.var["ginseng_hvg_rank"], expected["rank"])
+    assert backed.uns["ginseng"]["select_hvgs"]["params"]["layer"] == "counts"
+    backed.file.close()
+
+    backed_x = ad.read_h5ad(tmp_path / "x.h5ad", backed="r")
+    table = select_hvgs(backed_x, 200, batch_key="batch", inplace=False, chunk_size=500)
+    pd.testing.assert_frame_equal(table, expected)
+    backed_x.file.close()
+
+
+def test_inplace_false_leaves_adata_untouched(synth):
+    adata = synth.copy()
+    table = select_hvgs(adata, 100, inplace=False)
+    assert list(table.columns) == ["means", "variances", "variances_norm", "rank", "selected"]
+    assert table.index.equals(adata.var_names)
+    assert table["selected"].sum() == 100
+    assert sorted(table["rank"].dropna()) == list(range(100))
+    assert list(adata.var.columns) == list(synth.var.columns)
+    assert "ginseng" not in adata.uns
+
+
+def test_written_keys_params_and_round_trip(synth, tmp_path):
+    adata = synth.copy()
+    assert select_hvgs(adata, 120, batch_key="batch") is None
+    select_hvgs(adata, 30, flavor="seurat", key_added="small")
+    assert adata.var["ginseng_genes"].dtype == bool
+    assert adata.var["ginseng_genes"].sum() == 120
+    assert adata.var["ginseng_hvg_rank"].notna().sum() == 120
+    assert adata.var["small"].sum() == 30
+    assert "small_hvg_rank" in adata.var
+    params = adata.uns["ginseng"]["select_hvgs"]["params"]
+    assert params == {
+        "n_top_genes": 30,
+        "flavor": "seurat",
+        "span": 0.3,
+        "chunk_size": gs.settings.chunk_size,
+        "key_added": "small",
+    }
+    adata.write_h5ad(tmp_path / "out.h5ad")
+    back = ad.read_h5ad(tmp_path / "out.h5ad")
+    pd.testing.assert_frame_equal(back.var, adata.var)
+    assert back.uns["ginseng"]["select_hvgs"]["params"] == params
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"n_top_genes": 0}, "n_top_genes=0"),
+        ({"n_top_genes": 1201}, "n_top_genes=1201.*1200"),
+        ({"n_top_genes": 2.5}, "n_top_genes"),
+        ({"batch_key": "donor"}, "'donor'"),
+        ({"layer": "counts"}, "'counts'"),
+        ({"flavor": "cell_ranger"}, "'cell_ranger'"),
+        ({"chunk_size": 0}, "chunk_size"),
+        ({"span": 0}, "span"),
+    ],
+)
+def test_bad_arguments(synth, kwargs, match):
+    with pytest.raises(InputError, match=match):
+        select_hvgs(synth, **{"n_top_genes": 10, **kwargs})
+
+
+def test_bad_data(synth):
+    with pytest.raises(InputError, match="AnnData"):
+        select_hvgs(synth.to_df(), 10)
+    with pytest.raises(InputError, match="empty"):
+        select_hvgs(synth[:0].copy(), 10)
+    negative = synth.copy()
+    negative.X.data[5] = -1
+    with pytest.raises(InputError, match="1 negative"):
+        select_hvgs(negative, 10, chunk_size=100)
+    nan = synth.copy()
+    nan.X.data[3] = np.nan
+    with pytest.raises(InputError, match="non-finite"):
+        select_hvgs(nan, 10, flavor="seurat")
+    missing = synth.copy()
+    missing.obs["batch"] = missing.obs["batch"].cat.add_categories("x")
+    missing.obs.loc[missing.obs_names[0], "batch"] = np.nan
+    with pytest.raises(InputError, match="1 missing"):
+        select_hvgs(missing, 10, batch_key="batch")
+    logged = synth.copy()
+    sc.pp.log1p(logged)
+    with pytest.warns(UserWarning, match="non-integer"):
+        select_hvgs(logged, 10, inplace=False)
+    tiny = synth[:40].copy()
+    tiny.obs["one"] = ["a"] + ["b"] * 39
+    with pytest.raises(InputError, match="batch 'a'"):
+        select_hvgs(tiny, 10, batch_key="one")
+
+
+def test_synthetic_writer_matches_in_memory(tmp_path):
+    kwargs = {"n_types": 4, "seed": 7, "n_batches": 2, "mean_umis": 500}
+    path = synthetic.write_synthetic_h5ad(tmp_path / "s.h5ad", 5000, 300, chunk_size=3000, **kwargs)
+    on_disk = ad.read_h5ad(path)
+    in_memory = synthetic.make_synthetic_adata(5000, 300, **kwargs)
+    assert (on_disk.X != in_memory.X).nnz == 0
+    pd.testing.assert_frame_equal(on_disk.obs, in_memory.obs)
+    pd.testing.assert_frame_equal(on_disk.var, in_memory.var)
+    X = on_disk.X
+    assert X.dtype == np.float32 and X.has_canonical_format
+    assert np.array_equal(X.data, np.round(X.data)) and X.data.min() >= 1
+    assert 0.05 < X.nnz / np.prod(X.shape) < 0.9
+    codes = on_disk.obs["cell_type"].cat.codes.to_numpy()
+    assert np.all(np.diff(codes) >= 0)
+    shuffled = synthetic.make_synthetic_adata(300, 50, sorted_by_label=False, seed=1)
+    assert np.any(np.diff(shuffled.obs["cell_type"].cat.codes.to_numpy()) < 0)
