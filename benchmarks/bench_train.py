@@ -1,0 +1,182 @@
+"""Training speed, memory and accuracy: ginseng vs CellTypist (SGD mini-batch), one script.
+
+Synthetic counts (``benchmarks/synthetic.py``, unsorted, 10 types, 3 batches) are cut
+once into a training file and a held-out query file (cached under
+``benchmarks/.cache``). Each method then runs in a fresh subprocess, so its wall time
+and peak RSS (VmHWM) are its own:
+
+- ginseng: ``gs.tl.train`` on the backed training file (store creation included), then
+  prediction on the backed query file in chunks;
+- CellTypist 1.7.1: the training file read into memory, CP10k + log1p, then
+  ``celltypist.train(use_SGD=True, mini_batch=True, epochs=...)`` and
+  ``celltypist.annotate`` on the query file.
+
+Run with the bench environment (CellTypist needs scikit-learn < 1.8)::
+
+    pip install -e ".[bench]"
+    python benchmarks/bench_train.py --cells 100000 --genes 3000 --epochs 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+CACHE = HERE / ".cache"
+RESULTS = HERE / "results"
+sys.path.insert(0, str(HERE))
+
+
+def _peak_rss_mb() -> float:
+    # VmHWM belongs to this process image; ru_maxrss would carry a parent's peak.
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def _macro_f1(y_true, y_pred) -> float:
+    from sklearn.metrics import f1_score
+
+    return float(f1_score(y_true, y_pred, average="macro"))
+
+
+def child_ginseng(train_h5ad: str, query_h5ad: str, epochs: str) -> dict:
+    import anndata as ad
+
+    import ginseng as gs
+    from ginseng.data._matrix import iter_row_chunks
+
+    gs.settings.progress_bar = False
+    start = time.perf_counter()
+    state = gs.tl.train(ad.read_h5ad(train_h5ad, backed="r"), "cell_type", epochs=int(epochs))
+    train_s = time.perf_counter() - start
+
+    start = time.perf_counter()
+    query = ad.read_h5ad(query_h5ad, backed="r")
+    assert list(query.var_names) == list(state.gene_names)  # same synthetic genes, same order
+    predictions = [
+        state.predict(chunk) for _, chunk in iter_row_chunks(query.X, gs.settings.chunk_size)
+    ]
+    y_pred = np.concatenate(predictions)
+    return {
+        "train_s": train_s,
+        "predict_s": time.perf_counter() - start,
+        "macro_f1": _macro_f1(query.obs["cell_type"].astype(str), y_pred),
+        "peak_rss_mb": _peak_rss_mb(),
+    }
+
+
+def child_celltypist(train_h5ad: str, query_h5ad: str, epochs: str) -> dict:
+    import anndata as ad
+    import celltypist
+    import scanpy as sc
+
+    def log_cp10k(adata):
+        sc.pp.normalize_total(adata, target_sum=1e4)
+        sc.pp.log1p(adata)
+        return adata
+
+    start = time.perf_counter()
+    train = log_cp10k(ad.read_h5ad(train_h5ad))
+    model = celltypist.train(
+        train, labels="cell_type", use_SGD=True, mini_batch=True, epochs=int(epochs),
+        n_jobs=2, check_expression=False, feature_selection=False,
+    )
+    train_s = time.perf_counter() - start
+    start = time.perf_counter()
+    query = log_cp10k(ad.read_h5ad(query_h5ad))
+    result = celltypist.annotate(query, model=model, majority_voting=False)
+    y_pred = result.predicted_labels["predicted_labels"].astype(str)
+    return {
+        "train_s": train_s,
+        "predict_s": time.perf_counter() - start,
+        "macro_f1": _macro_f1(query.obs["cell_type"].astype(str), y_pred),
+        "peak_rss_mb": _peak_rss_mb(),
+    }
+
+
+def _files(n_cells: int, n_genes: int, n_query: int) -> tuple[Path, Path]:
+    import anndata as ad
+    from synthetic import write_synthetic_h5ad
+
+    train = CACHE / f"train_{n_cells}x{n_genes}.h5ad"
+    query = CACHE / f"query_{n_query}x{n_genes}.h5ad"
+    if not (train.exists() and query.exists()):
+        CACHE.mkdir(parents=True, exist_ok=True)
+        full = CACHE / f"unsorted_{n_cells + n_query}x{n_genes}.h5ad"
+        write_synthetic_h5ad(full, n_cells + n_query, n_genes, sorted_by_label=False)
+        backed = ad.read_h5ad(full, backed="r")
+        backed[:n_cells].to_memory().write_h5ad(train)
+        backed[n_cells:].to_memory().write_h5ad(query)
+        backed.file.close()
+        full.unlink()
+    return train, query
+
+
+def _run_child(*args: str) -> dict:
+    out = subprocess.run(
+        [sys.executable, __file__, *args], check=True, capture_output=True, text=True
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cells", type=int, default=100_000)
+    parser.add_argument("--genes", type=int, default=3000)
+    parser.add_argument("--query", type=int, default=20_000)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--methods", nargs="+", default=["ginseng", "celltypist"])
+    args = parser.parse_args()
+
+    train, query = _files(args.cells, args.genes, args.query)
+    results = {}
+    for method in args.methods:
+        results[method] = _run_child(f"_{method}", str(train), str(query), str(args.epochs))
+        print(method, json.dumps(results[method]), file=sys.stderr)
+
+    command = "python benchmarks/bench_train.py " + " ".join(sys.argv[1:])
+    lines = [
+        f"### Training ({datetime.now(UTC):%Y-%m-%d}, `{command}`)",
+        "",
+        f"{args.cells:,} training cells x {args.genes:,} genes, {args.epochs} epochs, "
+        f"{args.query:,} held-out query cells.",
+        "",
+        "| method | train wall s | predict wall s | peak RSS | macro-F1 |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for method, r in results.items():
+        lines.append(
+            f"| {method} | {r['train_s']:.1f} | {r['predict_s']:.1f} "
+            f"| {r['peak_rss_mb']:,.0f} MB | {r['macro_f1']:.3f} |"
+        )
+    if {"ginseng", "celltypist"} <= set(results):
+        g, c = results["ginseng"], results["celltypist"]
+        lines += [
+            "",
+            f"ginseng vs CellTypist: training {c['train_s'] / g['train_s']:.1f}x faster, "
+            f"peak RSS {g['peak_rss_mb'] / c['peak_rss_mb']:.2f}x, "
+            f"macro-F1 {g['macro_f1'] - c['macro_f1']:+.3f}.",
+        ]
+    table = "\n".join(lines)
+    print(table)
+    RESULTS.mkdir(exist_ok=True)
+    with open(RESULTS / "train.md", "a") as fh:
+        fh.write(table + "\n\n")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1].startswith("_"):
+        step = {"_ginseng": child_ginseng, "_celltypist": child_celltypist}
+        print(json.dumps(step[sys.argv[1]](*sys.argv[2:])))
+    else:
+        main()
