@@ -322,6 +322,8 @@ def _seurat_v3(reader: _ChunkReader, n_top: int, span: float, batches: pd.Index)
     table = pd.DataFrame(
         {"means": means, "variances": variances, "variances_norm": norm_vars.mean(axis=0)}
     )
+    if len(batches) > 1:
+        table["median_rank"] = median_rank
     return _finish(table, order[:n_top], nbatches)
 
 
