@@ -41,26 +41,26 @@ def encode_obs_column(adata: AnnData, key: str, *, role: str) -> Codes:
     if n_missing:
         raise InputError(
             f"adata.obs[{key!r}] has {n_missing} missing (NaN) value(s) out of {adata.n_obs}; "
-            "drop or label those cells first, e.g. adata = adata[adata.obs[key].notna()]."
+            f"drop or label those cells first, e.g. adata = adata[adata.obs[{key!r}].notna()]."
         )
-    as_str = column.astype(str)
-    n_empty = int((as_str.str.strip() == "").sum())
+    if not isinstance(column.dtype, pd.CategoricalDtype):
+        try:
+            column = column.astype("category")
+        except TypeError:  # unorderable mixed types
+            column = column.astype(str).astype("category")
+    # Keep the user's category order; unused categories would be labels with no cell.
+    # Checking names per category, not per cell, keeps millions of cells cheap.
+    categorical = column.cat.remove_unused_categories()
+    names = np.asarray([str(c) for c in categorical.cat.categories], dtype=str)
+    codes = np.asarray(categorical.cat.codes, dtype=np.int32)
+    empty = np.flatnonzero(np.char.strip(names) == "")
+    n_empty = int(np.isin(codes, empty).sum())
     if n_empty:
         raise InputError(
             f"adata.obs[{key!r}] has {n_empty} empty label(s) out of {adata.n_obs}; "
             "give those cells a label or drop them."
         )
-    if isinstance(column.dtype, pd.CategoricalDtype):
-        # Keep the user's category order; unused categories would be labels with no cell.
-        categorical = column.cat.remove_unused_categories()
-        categorical = categorical.cat.rename_categories(
-            [str(c) for c in categorical.cat.categories]
-        )
-    else:
-        categorical = pd.Categorical(as_str, categories=sorted(as_str.unique()))
-        categorical = pd.Series(categorical)
-    names = np.asarray(categorical.cat.categories, dtype=str)
-    return Codes(np.asarray(categorical.cat.codes, dtype=np.int32), names)
+    return Codes(codes, names)
 
 
 def select_genes(adata: AnnData, genes: str | Sequence[str] | np.ndarray | None) -> np.ndarray:
