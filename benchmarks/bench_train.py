@@ -88,8 +88,14 @@ def child_celltypist(train_h5ad: str, query_h5ad: str, epochs: str) -> dict:
     start = time.perf_counter()
     train = log_cp10k(ad.read_h5ad(train_h5ad))
     model = celltypist.train(
-        train, labels="cell_type", use_SGD=True, mini_batch=True, epochs=int(epochs),
-        n_jobs=2, check_expression=False, feature_selection=False,
+        train,
+        labels="cell_type",
+        use_SGD=True,
+        mini_batch=True,
+        epochs=int(epochs),
+        n_jobs=2,
+        check_expression=False,
+        feature_selection=False,
     )
     train_s = time.perf_counter() - start
     start = time.perf_counter()

@@ -73,7 +73,9 @@ def test_round_trip_in_memory(tmp_path, storage):
     assert sorted(ds.cell_index) == list(range(adata.n_obs))
     assert ds.counts_dtype == np.uint16
     # the user's AnnData is untouched
-    np.testing.assert_array_equal(np.asarray(adata.X.todense() if sp.issparse(adata.X) else adata.X), dense)
+    np.testing.assert_array_equal(
+        np.asarray(adata.X.todense() if sp.issparse(adata.X) else adata.X), dense
+    )
     pd.testing.assert_frame_equal(adata.obs, before.obs)
     pd.testing.assert_frame_equal(adata.var, before.var)
 
@@ -186,8 +188,15 @@ def test_stream_covers_each_cell_once(tmp_path):
     for split in ["train", "test", "all"]:
         expected = np.sort(ds.cell_index[ds._rows(split)])
         batches = list(
-            ds.stream(batch_size=64, split=split, shuffle=True, seed=1, drop_last=False,
-                      block_size=100, buffer_size=300)
+            ds.stream(
+                batch_size=64,
+                split=split,
+                shuffle=True,
+                seed=1,
+                drop_last=False,
+                block_size=100,
+                buffer_size=300,
+            )
         )
         assert all(x.shape == (64, 40) for x, _ in batches[:-1])
         assert all(x.dtype == np.float32 and y.dtype == np.int32 for x, y in batches)

@@ -4,6 +4,7 @@
 this module does not import scanpy or anndata until a function is called.
 """
 
+from ..model.file import load_model, save_model
 from ._read import read_adata
 
-__all__ = ["read_adata"]
+__all__ = ["load_model", "read_adata", "save_model"]

@@ -1,3 +1,5 @@
 """Tools: train classifiers and annotate cells."""
 
-__all__: list[str] = []
+from ._train import train
+
+__all__: list[str] = ["train"]

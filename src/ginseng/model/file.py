@@ -1,0 +1,209 @@
+"""Model files: ``save_model`` / ``load_model`` (HDF5 via h5py, no pickle, no jax).
+
+Layout (``ginseng._keys.MODEL_FORMAT_VERSION``)::
+
+    model.h5  attrs: format="ginseng-model", format_version, ginseng_version, created
+      genes            utf-8 strings, model input order
+      labels           utf-8 strings, output order
+      params/...       float32, one dataset per network variable path
+      config           JSON: architecture + preprocessing
+      settings         JSON: GinsengClassifierTrainerSettings (null if unknown)
+      calibration/temperature   float64 scalar
+      metrics          JSON: holdout metrics
+      history          JSON: per-epoch columns
+      provenance       JSON: versions, seed, data fingerprint
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from .. import __version__
+from .._errors import InputError, ModelFormatError
+from .._keys import MODEL_FORMAT, MODEL_FORMAT_VERSION
+from .state import GinsengModelState, param_shapes
+
+_JSON_FIELDS = ("config", "settings", "metrics", "history", "provenance")
+_STR = h5py.string_dtype("utf-8")
+
+
+def _to_json(value: Any) -> str:
+    return json.dumps(value, default=_json_default)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def save_model(state: GinsengModelState, path: str | os.PathLike) -> Path:
+    """Write a trained model to an HDF5 file.
+
+    The file is written to a temporary sibling and renamed into place, so an
+    interrupted save never leaves a half-written model at ``path``.
+
+    Parameters
+    ----------
+    state
+        The model, as returned by :meth:`GinsengClassifierTrainer.fit` or
+        :func:`ginseng.tl.train`.
+    path
+        Destination, conventionally ending in ``.h5``; overwritten if it exists.
+
+    Returns
+    -------
+    The path written.
+
+    Examples
+    --------
+    >>> from ginseng.data.io import save_model, load_model
+    >>> save_model(state, "model.h5")  # doctest: +SKIP
+    >>> state = load_model("model.h5")  # doctest: +SKIP
+    """
+    if not isinstance(state, GinsengModelState):
+        raise InputError(f"save_model expects a GinsengModelState, got {type(state).__name__}.")
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise InputError(
+            f"Cannot save the model to {str(path)!r}: directory {str(path.parent)!r} does not exist."
+        )
+    settings = state.settings.to_dict() if hasattr(state.settings, "to_dict") else state.settings
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["format"] = MODEL_FORMAT
+            f.attrs["format_version"] = MODEL_FORMAT_VERSION
+            f.attrs["ginseng_version"] = __version__
+            f.attrs["created"] = datetime.now(UTC).isoformat(timespec="seconds")
+            f.create_dataset("genes", data=np.asarray(state.genes, dtype=object), dtype=_STR)
+            f.create_dataset("labels", data=np.asarray(state.labels, dtype=object), dtype=_STR)
+            params = f.create_group("params")
+            for name, value in state.params.items():
+                params.create_dataset(name, data=np.asarray(value, dtype=np.float32))
+            values = {
+                "config": state.config,
+                "settings": settings,
+                "metrics": state.metrics,
+                "history": state.history,
+                "provenance": state.provenance,
+            }
+            for key, value in values.items():
+                f.create_dataset(key, data=_to_json(value), dtype=_STR)
+            f.create_group("calibration").create_dataset(
+                "temperature", data=np.float64(state.temperature)
+            )
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def load_model(path: str | os.PathLike) -> GinsengModelState:
+    """Read a model written by :func:`save_model`.
+
+    Parameters
+    ----------
+    path
+        The ``.h5`` model file.
+
+    Returns
+    -------
+    The :class:`~ginseng.model.GinsengModelState`, ready for ``predict_proba`` or
+    :func:`ginseng.tl.classify`.
+
+    Raises
+    ------
+    ModelFormatError
+        If the file is missing, not HDF5, truncated, not a ginseng model, lacks a part,
+        or was written by a newer ginseng (the message names the version).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFormatError(f"No model file at {str(path)!r}.")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise ModelFormatError(
+            f"{str(path)!r} is not a readable HDF5 file (not a model, or truncated): {err}"
+        ) from err
+    with f:
+        fmt = f.attrs.get("format")
+        if isinstance(fmt, bytes):
+            fmt = fmt.decode()
+        if fmt != MODEL_FORMAT:
+            raise ModelFormatError(
+                f"{str(path)!r} is an HDF5 file but not a ginseng model "
+                f"(format attribute {fmt!r}, expected {MODEL_FORMAT!r})."
+            )
+        version = f.attrs.get("format_version")
+        written_by = f.attrs.get("ginseng_version", "unknown")
+        if version is None or int(version) > MODEL_FORMAT_VERSION or int(version) < 1:
+            raise ModelFormatError(
+                f"{str(path)!r} uses model format version {version} (written by ginseng "
+                f"{written_by}); this ginseng ({__version__}) reads versions up to "
+                f"{MODEL_FORMAT_VERSION}. Upgrade ginseng: pip install -U ginseng."
+            )
+        try:
+            return _read(f)
+        except (OSError, KeyError, ValueError, TypeError, RuntimeError) as err:
+            raise ModelFormatError(
+                f"{str(path)!r} is a damaged or incomplete ginseng model file: {err}"
+            ) from err
+
+
+def _read(f: h5py.File) -> GinsengModelState:
+    from ..train.settings import GinsengClassifierTrainerSettings
+
+    for key in ("genes", "labels", "params", "calibration", *_JSON_FIELDS):
+        if key not in f:
+            raise KeyError(f"missing {key!r}")
+    params: dict[str, np.ndarray] = {}
+
+    def collect(name: str, obj: Any) -> None:
+        if isinstance(obj, h5py.Dataset):
+            params[name] = np.asarray(obj[()], dtype=np.float32)
+
+    f["params"].visititems(collect)
+    values = {key: json.loads(f[key].asstr()[()]) for key in _JSON_FIELDS}
+    settings = values["settings"]
+    if settings is not None:
+        settings = GinsengClassifierTrainerSettings.from_dict(settings)
+    state = GinsengModelState(
+        params=params,
+        config=values["config"],
+        genes=f["genes"].asstr()[()],
+        labels=f["labels"].asstr()[()],
+        temperature=float(f["calibration/temperature"][()]),
+        metrics=values["metrics"],
+        history=values["history"],
+        settings=settings,
+        provenance=values["provenance"],
+    )
+    if len(state.genes) != state.config.get("n_genes") or len(state.labels) != state.config.get(
+        "n_labels"
+    ):
+        raise ValueError(
+            f"{len(state.genes)} genes and {len(state.labels)} labels do not match the config "
+            f"({state.config.get('n_genes')} genes, {state.config.get('n_labels')} labels)"
+        )
+    expected = param_shapes(state.config)
+    actual = {name: value.shape for name, value in state.params.items()}
+    if actual != expected:
+        missing = sorted(set(expected) - set(actual))
+        extra = sorted(set(actual) - set(expected))
+        wrong = sorted(k for k in set(expected) & set(actual) if expected[k] != actual[k])
+        raise ValueError(
+            f"parameters do not match the architecture (missing {missing[:5]}, "
+            f"unexpected {extra[:5]}, wrong shape {wrong[:5]})"
+        )
+    return state

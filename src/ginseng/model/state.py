@@ -1,0 +1,272 @@
+"""GinsengModelState: everything inference needs, in plain numpy and JSON-able values.
+
+The state holds no jax object, so loading a model file stays light; the network is
+rebuilt (and its forward pass compiled once) on the first prediction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import numpy as np
+
+from .._errors import InputError
+
+_PACKAGES = (
+    "ginseng",
+    "jax",
+    "jaxlib",
+    "flax",
+    "optax",
+    "numpy",
+    "scipy",
+    "anndata",
+    "h5py",
+    "zarr",
+)
+# Rows per compiled forward call; smaller inputs use the next power of two so that few
+# distinct shapes are ever compiled.
+PREDICT_BATCH = 4096
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of Python and the packages a model depends on."""
+    versions = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def data_fingerprint(genes: np.ndarray, labels: np.ndarray, label_counts: np.ndarray) -> str:
+    """SHA-1 of the gene names, label names, label counts and number of cells."""
+    digest = hashlib.sha1()
+    for part in (
+        "\x1f".join(map(str, genes)),
+        "\x1f".join(map(str, labels)),
+        ",".join(str(int(c)) for c in label_counts),
+        str(int(np.sum(label_counts))),
+    ):
+        digest.update(part.encode("utf-8"))
+        digest.update(b"\x1e")
+    return digest.hexdigest()
+
+
+def param_shapes(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Shape of every network variable for ``config``, computed without building it.
+
+    Lets a model file be checked against its architecture without importing jax; a
+    test keeps it in step with :class:`~ginseng.model.GinsengClassifier`.
+    """
+    if config.get("architecture") != "mlp":
+        raise ValueError(f"unknown architecture {config.get('architecture')!r}")
+    n_genes, hidden, n_labels = config["n_genes"], config["hidden_dim"], config["n_labels"]
+    shapes: dict[str, tuple[int, ...]] = {"gene_mean": (n_genes,), "gene_scale": (n_genes,)}
+    n_in = n_genes
+    for i in range(config["n_layers"]):
+        shapes[f"blocks/{i}/linear/kernel"] = (n_in, hidden)
+        for name in ("linear/bias", "norm/bias", "norm/scale"):
+            shapes[f"blocks/{i}/{name}"] = (hidden,)
+        n_in = hidden
+    shapes["head/kernel"] = (hidden, n_labels)
+    shapes["head/bias"] = (n_labels,)
+    return shapes
+
+
+@dataclass(eq=False)
+class GinsengModelState:
+    """A trained classifier: weights, genes, labels, preprocessing, calibration and record.
+
+    Attributes
+    ----------
+    params
+        ``{"blocks/0/linear/kernel": float32 array, ...}``: every variable of the network,
+        including the fixed per-gene preprocessing statistics.
+    config
+        Architecture and preprocessing (``normalize``, ``target_sum``, ``log1p``,
+        ``standardize``) from which the network is rebuilt.
+    genes
+        Gene names in model input order.
+    labels
+        Label names in output order.
+    temperature
+        Calibration temperature: calibrated probabilities are ``softmax(logits / T)``.
+    metrics
+        Holdout metrics: ``accuracy``, ``macro_f1``, ``f1_per_label``, ``ece`` (after
+        calibration) and ``ece_uncalibrated``, ``nll``, ``confusion`` (true x predicted,
+        label order), ``n_cells``, ``best_epoch``, ``temperature``, ``holdout_fraction``.
+    history
+        Per-epoch record as columns (``epoch``, ``train_loss``, ``holdout_loss``,
+        ``holdout_accuracy``, ``holdout_macro_f1``, ``lr``, ``seconds``);
+        ``pandas.DataFrame(history)`` gives a table.
+    settings
+        The :class:`~ginseng.train.GinsengClassifierTrainerSettings` used for training.
+    provenance
+        Package versions, seed, data fingerprint and store source.
+    """
+
+    params: dict[str, np.ndarray]
+    config: dict[str, Any]
+    genes: np.ndarray
+    labels: np.ndarray
+    temperature: float = 1.0
+    metrics: dict[str, Any] = field(default_factory=dict)
+    history: dict[str, list] = field(default_factory=dict)
+    settings: Any = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.genes = np.asarray(self.genes, dtype=str)
+        self.labels = np.asarray(self.labels, dtype=str)
+        self.params = {k: np.asarray(v, dtype=np.float32) for k, v in self.params.items()}
+        self.temperature = float(self.temperature)
+        self._forward = None
+
+    @property
+    def n_genes(self) -> int:
+        """Number of input genes."""
+        return len(self.genes)
+
+    @property
+    def gene_names(self) -> np.ndarray:
+        """Alias of :attr:`genes`, named as on :class:`~ginseng.data.GinsengDataset`."""
+        return self.genes
+
+    @property
+    def label_names(self) -> np.ndarray:
+        """Alias of :attr:`labels`, named as on :class:`~ginseng.data.GinsengDataset`."""
+        return self.labels
+
+    @property
+    def n_labels(self) -> int:
+        """Number of output labels."""
+        return len(self.labels)
+
+    def build_model(self):
+        """Rebuild the Flax NNX network (:class:`~ginseng.model.GinsengClassifier`) with these weights."""
+        from .network import build_model
+
+        return build_model(self.config, self.params)
+
+    def _compiled_forward(self):
+        if self._forward is None:
+            import jax
+            from flax import nnx
+
+            graphdef, variables = nnx.split(self.build_model())
+
+            @jax.jit
+            def forward(variables, x):
+                return nnx.merge(graphdef, variables)(x)
+
+            self._forward = (forward, variables)
+        return self._forward
+
+    def predict_logits(self, X: Any, *, batch_size: int = PREDICT_BATCH) -> np.ndarray:
+        """Return float32 logits (cells x labels) for raw counts in the model's gene order.
+
+        Parameters
+        ----------
+        X
+            Dense array or scipy sparse matrix of raw counts, ``n_cells x n_genes``,
+            columns ordered as :attr:`genes` (``ginseng.tl.classify`` aligns an AnnData).
+        batch_size
+            Rows per compiled forward call.
+        """
+        import scipy.sparse as sp
+
+        sparse = sp.issparse(X)
+        if not sparse:
+            X = np.asarray(X)
+        if X.ndim != 2 or X.shape[1] != self.n_genes:
+            raise InputError(
+                f"Expected a cells x genes matrix with {self.n_genes} columns in the model's "
+                f"gene order, got shape {X.shape}; use ginseng.tl.classify to align genes by name."
+            )
+        n = X.shape[0]
+        out = np.empty((n, self.n_labels), np.float32)
+        if n == 0:
+            return out
+        forward, variables = self._compiled_forward()
+        rows = min(batch_size, 1 << max(n - 1, 0).bit_length())
+        if sparse:
+            X = sp.csr_matrix(X)
+        for start in range(0, n, rows):
+            block = X[start : start + rows]
+            block = block.toarray() if sparse else np.asarray(block)
+            block = block.astype(np.float32, copy=False)
+            m = block.shape[0]
+            if m < rows:
+                block = np.concatenate([block, np.zeros((rows - m, self.n_genes), np.float32)])
+            out[start : start + m] = np.asarray(forward(variables, block))[:m]
+        return out
+
+    def predict_proba(
+        self, X: Any, *, calibrated: bool = True, batch_size: int = PREDICT_BATCH
+    ) -> np.ndarray:
+        """Return float32 class probabilities (cells x labels), temperature-scaled if ``calibrated``."""
+        from scipy.special import softmax
+
+        logits = self.predict_logits(X, batch_size=batch_size).astype(np.float64)
+        if calibrated:
+            logits /= self.temperature
+        return softmax(logits, axis=1).astype(np.float32)
+
+    def predict(self, X: Any, *, batch_size: int = PREDICT_BATCH) -> np.ndarray:
+        """Return the predicted label name of each cell."""
+        return self.labels[self.predict_logits(X, batch_size=batch_size).argmax(axis=1)]
+
+    def __repr__(self) -> str:
+        return model_card(self)
+
+
+def _fmt(value: Any, spec: str = ".3f") -> str:
+    return format(value, spec) if isinstance(value, int | float) and np.isfinite(value) else "n/a"
+
+
+def model_card(state: GinsengModelState) -> str:
+    """A readable summary: data, architecture, holdout metrics, calibration, versions."""
+    m, cfg, prov = state.metrics, state.config, state.provenance
+    labels = ", ".join(state.labels[:12]) + (", ..." if state.n_labels > 12 else "")
+    pre = (
+        f"normalize to {cfg.get('target_sum', 0):g}, log1p" if cfg.get("normalize") else "log1p"
+    ) + (", standardize" if cfg.get("standardize") else "")
+    lines = [
+        "GinsengModelState",
+        f"  labels ({state.n_labels}): {labels}",
+        f"  genes: {state.n_genes} (first: {', '.join(state.genes[:3])})",
+        f"  network: {cfg.get('n_layers')} x {cfg.get('hidden_dim')} hidden ({cfg.get('activation')}), "
+        f"dropout {cfg.get('dropout_rate')}; preprocessing: {pre}",
+    ]
+    if m:
+        lines.append(
+            f"  holdout ({m.get('n_cells', 0)} cells, best epoch {m.get('best_epoch', 'n/a')}): "
+            f"accuracy {_fmt(m.get('accuracy'))}, macro-F1 {_fmt(m.get('macro_f1'))}"
+        )
+        f1 = m.get("f1_per_label", {})
+        worst = sorted(((v, k) for k, v in f1.items() if v is not None))[:3]
+        if worst:
+            lines.append("  lowest F1: " + ", ".join(f"{k} {v:.3f}" for v, k in worst))
+        lines.append(
+            f"  calibration: T = {state.temperature:.3f}, ECE {_fmt(m.get('ece_uncalibrated'))} "
+            f"-> {_fmt(m.get('ece'))}"
+        )
+    if state.history.get("epoch"):
+        lines.append(
+            f"  trained: {len(state.history['epoch'])} epoch(s), seed {prov.get('seed', 'n/a')}"
+        )
+    versions = prov.get("versions", {})
+    if versions:
+        keys = ("ginseng", "python", "jax", "flax", "optax")
+        lines.append(
+            "  versions: " + ", ".join(f"{k} {versions[k]}" for k in keys if k in versions)
+        )
+    if prov.get("created"):
+        lines.append(f"  created: {prov['created']}")
+    return "\n".join(lines)

@@ -1,0 +1,153 @@
+"""``ginseng.tl.train``: AnnData in, trained model state out."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from anndata import AnnData
+
+from .. import _keys
+from .._errors import InputError
+from .._logging import timed
+from ..train.settings import GinsengClassifierTrainerSettings
+
+
+def train(
+    adata: AnnData | str | os.PathLike,
+    label_key: str,
+    *,
+    layer: str | None = None,
+    genes: str | Sequence[str] | np.ndarray | None = None,
+    group_key: str | None = None,
+    epochs: int = 10,
+    store: str | os.PathLike | None = None,
+    settings: GinsengClassifierTrainerSettings | None = None,
+    seed: int = 0,
+    **setting_overrides: Any,
+):
+    """Train a cell-type classifier on the raw counts of an annotated AnnData.
+
+    The counts are written to a compressed, shuffled :class:`~ginseng.data.GinsengDataset`
+    store (a temporary one unless ``store`` is given), a holdout split is made, and a
+    :class:`~ginseng.train.GinsengClassifierTrainer` fits the network, keeps the best
+    epoch by holdout loss and calibrates its probabilities on the holdout cells.
+
+    Parameters
+    ----------
+    adata
+        Annotated data, in memory or backed, or a path/URL read with
+        :func:`ginseng.data.io.read_adata` (``.h5ad`` files are read backed).
+    label_key
+        Column of ``adata.obs`` with the cell-type labels.
+    layer
+        Layer holding raw counts; ``None`` uses ``adata.X``. After the usual scanpy
+        preprocessing the counts are typically in ``layer="counts"``.
+    genes
+        Genes to train on: the name of a boolean ``var`` column, a list of gene names or
+        a boolean mask. ``None`` uses ``"ginseng_genes"`` (from
+        :func:`ginseng.pp.select_hvgs`) when that column exists, else all genes.
+    group_key
+        ``obs`` column of groups (donor, batch); with ``group_level=True`` whole groups
+        are held out.
+    epochs
+        Passes over the training cells.
+    store
+        Where to write the store (kept afterwards; an existing store there is replaced).
+        ``None`` uses a temporary directory removed after training.
+    settings
+        Hyperparameters; defaults to ``GinsengClassifierTrainerSettings()``.
+    seed
+        Seed of the store shuffle, the split, the initial weights, dropout and
+        augmentation; it replaces ``settings.seed``.
+    **setting_overrides
+        Fields of :class:`~ginseng.train.GinsengClassifierTrainerSettings` to change, e.g.
+        ``hidden_dim=128, lr=3e-4``.
+
+    Returns
+    -------
+    The trained :class:`~ginseng.model.GinsengModelState` (save it with
+    :func:`ginseng.data.io.save_model`). When ``adata`` is an AnnData, writes
+    ``adata.uns["ginseng"]["train"]`` with ``"params"`` (the arguments and settings),
+    ``"labels"`` (the model's labels in output order) and ``"model"`` (holdout
+    accuracy, macro-F1, ECE, calibration temperature, best epoch, number of genes).
+
+    Examples
+    --------
+    >>> import ginseng as gs
+    >>> gs.pp.select_hvgs(adata, layer="counts")  # doctest: +SKIP
+    >>> state = gs.tl.train(adata, "cell_type", layer="counts", epochs=10)  # doctest: +SKIP
+    >>> state.metrics["macro_f1"]  # doctest: +SKIP
+    """
+    from ..data import GinsengDataset
+    from ..data.io import read_adata
+    from ..train.trainer import GinsengClassifierTrainer
+
+    settings = GinsengClassifierTrainerSettings() if settings is None else settings
+    if not isinstance(settings, GinsengClassifierTrainerSettings):
+        raise InputError(
+            f"settings must be a GinsengClassifierTrainerSettings, got {type(settings).__name__}."
+        )
+    settings = settings.replace(seed=seed, **setting_overrides)
+    user_adata = adata if isinstance(adata, AnnData) else None
+    if user_adata is None:
+        adata = read_adata(adata, backed="r" if str(adata).endswith(".h5ad") else None)
+    if genes is None and _keys.VAR_GENES in adata.var.columns:
+        genes = _keys.VAR_GENES
+
+    with (
+        timed(f"training a ginseng classifier on obs[{label_key!r}]"),
+        tempfile.TemporaryDirectory(prefix="ginseng-train-") as tmp,
+    ):
+        path = Path(tmp) / "store.zarr" if store is None else Path(store).expanduser()
+        dataset = GinsengDataset.create(
+            path,
+            adata,
+            label_key,
+            layer=layer,
+            genes=genes,
+            group_key=group_key,
+            overwrite=store is not None,
+            seed=seed,
+        )
+        _, state = GinsengClassifierTrainer(dataset, settings).fit(epochs)
+
+    if user_adata is not None:
+        _record(user_adata, state, label_key, layer, genes, group_key, epochs, store, settings)
+    return state
+
+
+def _record(adata, state, label_key, layer, genes, group_key, epochs, store, settings) -> None:
+    params = {
+        "label_key": label_key,
+        "layer": layer,
+        "genes": genes if isinstance(genes, str) else None,
+        "n_genes": state.n_genes,
+        "group_key": group_key,
+        "epochs": int(epochs),
+        "store": None if store is None else str(store),
+        "settings": _drop_none(settings.to_dict()),
+    }
+    metrics = state.metrics
+    model = {
+        "n_genes": state.n_genes,
+        "n_labels": state.n_labels,
+        "accuracy": float(metrics.get("accuracy", np.nan)),
+        "macro_f1": float(metrics.get("macro_f1", np.nan)),
+        "ece": float(metrics.get("ece", np.nan)),
+        "ece_uncalibrated": float(metrics.get("ece_uncalibrated", np.nan)),
+        "temperature": float(state.temperature),
+        "best_epoch": int(metrics.get("best_epoch", 0)),
+        "data_fingerprint": str(state.provenance.get("data_fingerprint", "")),
+    }
+    entry = {"params": _drop_none(params), "labels": [str(x) for x in state.labels], "model": model}
+    adata.uns.setdefault(_keys.UNS_KEY, {})["train"] = entry
+
+
+def _drop_none(values: dict[str, Any]) -> dict[str, Any]:
+    # h5ad cannot store None; tuples become lists so they write as arrays.
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items() if v is not None}
