@@ -15,7 +15,7 @@ from ._errors import GinsengError
 
 
 def _demo(args: argparse.Namespace) -> int:
-    """Store round trip on scanpy's bundled PBMCs, offline."""
+    """Store round trip and training on scanpy's bundled PBMCs, offline."""
     import anndata as ad
     import numpy as np
 
@@ -55,7 +55,17 @@ def _demo(args: argparse.Namespace) -> int:
     )
     share = np.bincount(labels, minlength=ds.label_names.size) / labels.size
     print(f"balanced stream label shares: min {share.min():.3f}, max {share.max():.3f}")
-    return 0 if exact else 1
+    if not exact:
+        return 1
+
+    from .data.io import load_model, save_model
+    from .train import GinsengClassifierTrainer, GinsengClassifierTrainerSettings
+
+    settings = GinsengClassifierTrainerSettings(holdout_fraction=0.2, seed=0)
+    _, state = GinsengClassifierTrainer(ds, settings).fit(epochs=args.epochs)
+    save_model(state, out / "pbmc68k_model.h5")
+    print(load_model(out / "pbmc68k_model.h5"))
+    return 0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -68,6 +78,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="ginseng-demo", help="output folder (default: %(default)s)")
     demo.add_argument(
         "--n-genes", type=int, default=300, help="genes to select (default: %(default)s)"
+    )
+    demo.add_argument(
+        "--epochs", type=int, default=10, help="training epochs (default: %(default)s)"
     )
     demo.set_defaults(func=_demo)
     return parser
