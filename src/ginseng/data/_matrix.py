@@ -7,7 +7,6 @@ bounded by ``chunk_size`` rows whatever the number of cells.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator
 from typing import Any
 
@@ -48,32 +47,16 @@ def _as_csr(block: Any) -> sp.csr_matrix:
     return sp.csr_matrix(np.asarray(block))
 
 
-def iter_row_chunks(
-    matrix: Any, chunk_size: int, rows: np.ndarray | None = None
-) -> Iterator[tuple[np.ndarray | slice, sp.csr_matrix]]:
-    """Yield ``(row_selection, csr_chunk)`` over ``matrix`` in blocks of ``chunk_size`` rows.
+def iter_row_chunks(matrix: Any, chunk_size: int) -> Iterator[tuple[slice, sp.csr_matrix]]:
+    """Yield ``(rows, csr_chunk)`` over ``matrix`` in contiguous blocks of ``chunk_size`` rows.
 
-    ``rows`` (sorted integer indices) restricts the walk to those rows; contiguous
-    slices are read otherwise. Chunks are CSR whatever the storage (dense, CSR, CSC,
-    backed).
+    Chunks are CSR whatever the storage (dense, CSR, CSC, backed), and fresh copies, so
+    callers may modify them in place.
     """
     n_rows = matrix.shape[0]
-    if rows is None:
-        for start in range(0, n_rows, chunk_size):
-            stop = min(start + chunk_size, n_rows)
-            yield slice(start, stop), _as_csr(matrix[start:stop])
-        return
-    # Walk the file in windows of chunk_size rows and keep the selected ones: one
-    # contiguous read per window is far cheaper on disk than fancy indexing, and the
-    # window bounds memory however sparse the selection is.
-    bounds = np.searchsorted(rows, np.arange(0, n_rows + chunk_size, chunk_size))
-    for window, (lo, hi) in enumerate(itertools.pairwise(bounds)):
-        if lo == hi:
-            continue
-        idx = rows[lo:hi]
-        start = window * chunk_size
-        block = _as_csr(matrix[start : min(start + chunk_size, n_rows)])
-        yield idx, block[idx - start]
+    for start in range(0, n_rows, chunk_size):
+        stop = min(start + chunk_size, n_rows)
+        yield slice(start, stop), _as_csr(matrix[start:stop])
 
 
 def check_counts(chunk: sp.csr_matrix, *, where: str) -> None:
