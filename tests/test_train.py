@@ -132,6 +132,10 @@ def test_tl_train_backed_path_and_store(tmp_path, make_toy):
         store=tmp_path / "kept.zarr", **QUICK,
     )  # fmt: skip
     assert list(from_path.genes) == ["gene1", "gene3"]
+    # Without seed=, the seed of the given settings is kept, never silently replaced.
+    settings = GinsengClassifierTrainerSettings(seed=123, **QUICK)
+    kept = gs.tl.train(backed, "cell_type", epochs=1, settings=settings)
+    assert kept.settings.seed == 123
 
 
 def test_tl_train_after_scanpy_preprocessing_uses_counts_layer(tmp_path, make_toy):

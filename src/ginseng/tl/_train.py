@@ -27,7 +27,7 @@ def train(
     epochs: int = 10,
     store: str | os.PathLike | None = None,
     settings: GinsengClassifierTrainerSettings | None = None,
-    seed: int = 0,
+    seed: int | None = None,
     **setting_overrides: Any,
 ):
     """Train a cell-type classifier on the raw counts of an annotated AnnData.
@@ -63,7 +63,8 @@ def train(
         Hyperparameters; defaults to ``GinsengClassifierTrainerSettings()``.
     seed
         Seed of the store shuffle, the split, the initial weights, dropout and
-        augmentation; it replaces ``settings.seed``.
+        augmentation. ``None`` keeps ``settings.seed`` (0 by default), so a seed given in
+        ``settings`` is never silently replaced.
     **setting_overrides
         Fields of :class:`~ginseng.train.GinsengClassifierTrainerSettings` to change, e.g.
         ``hidden_dim=128, lr=3e-4``.
@@ -92,7 +93,9 @@ def train(
         raise InputError(
             f"settings must be a GinsengClassifierTrainerSettings, got {type(settings).__name__}."
         )
-    settings = settings.replace(seed=seed, **setting_overrides)
+    if seed is not None:
+        setting_overrides["seed"] = seed
+    settings = settings.replace(**setting_overrides)
     user_adata = adata if isinstance(adata, AnnData) else None
     if user_adata is None:
         adata = read_adata(adata, backed="r" if str(adata).endswith(".h5ad") else None)
@@ -112,7 +115,7 @@ def train(
             genes=genes,
             group_key=group_key,
             overwrite=store is not None,
-            seed=seed,
+            seed=settings.seed,
         )
         _, state = GinsengClassifierTrainer(dataset, settings).fit(epochs)
 
