@@ -24,14 +24,12 @@ from typing import Literal
 import numpy as np
 from anndata import AnnData
 
-from .. import _keys
-from .._errors import InputError, StoreError
+from .._errors import InputError
 from .._logging import logger
 from .._settings import settings
 from . import _split
+from ._open import open_store
 from ._stream import BlockReader, StreamPlan, iterate
-
-_REQUIRED = ("X/data", "X/indices", "X/indptr", "cell_index", "labels", "genes")
 
 
 class GinsengDataset:
@@ -70,63 +68,8 @@ class GinsengDataset:
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
-        import zarr
-
         self.path = Path(path).expanduser()
-        if not self.path.exists():
-            raise StoreError(
-                f"No GinsengDataset store at {str(self.path)!r}: the path does not exist."
-            )
-        try:
-            group = zarr.open_group(self.path, mode="r", zarr_format=3)
-            attrs = dict(group.attrs)
-        except Exception as err:  # zarr raises several types for foreign directories
-            raise StoreError(
-                f"{str(self.path)!r} is not a GinsengDataset store (no readable zarr v3 group: {err})."
-            ) from err
-        if attrs.get("format") != _keys.STORE_FORMAT:
-            raise StoreError(
-                f"{str(self.path)!r} is not a GinsengDataset store (format attribute "
-                f"{attrs.get('format')!r}, expected {_keys.STORE_FORMAT!r})."
-            )
-        version = attrs.get("format_version")
-        if not isinstance(version, int) or version > _keys.STORE_FORMAT_VERSION:
-            raise StoreError(
-                f"Store {str(self.path)!r} has format version {version!r}; this ginseng reads "
-                f"up to {_keys.STORE_FORMAT_VERSION}. Upgrade ginseng or recreate the store."
-            )
-        self._group = group
-        self._attrs = attrs
-        self._check_complete()
-
-    def _check_complete(self) -> None:
-        present = []
-        for name in _REQUIRED:
-            try:
-                self._group[name]
-                present.append(name)
-            except KeyError:
-                pass
-        missing = sorted(set(_REQUIRED) - set(present))
-        if self.has_groups and "groups" not in self._group:
-            missing.append("groups")
-        if missing:
-            raise StoreError(
-                f"Store {str(self.path)!r} is truncated: missing {missing}. Recreate it."
-            )
-        n, nnz = self.n_cells, int(self._attrs["nnz"])
-        shapes = {
-            "X/indptr": (self._group["X/indptr"].shape, (n + 1,)),
-            "X/data": (self._group["X/data"].shape, (nnz,)),
-            "X/indices": (self._group["X/indices"].shape, (nnz,)),
-            "labels": (self._group["labels"].shape, (n,)),
-            "genes": (self._group["genes"].shape, (self.n_genes,)),
-        }
-        bad = {k: v for k, v in shapes.items() if v[0] != v[1]}
-        if bad:
-            raise StoreError(
-                f"Store {str(self.path)!r} is inconsistent (shape, expected): {bad}. Recreate it."
-            )
+        self._group, self._attrs = open_store(self.path)
 
     # ------------------------------------------------------------------ creation
     @classmethod
