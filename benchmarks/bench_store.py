@@ -17,26 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
-import subprocess
 import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-CACHE = HERE / ".cache"
-RESULTS = HERE / "results"
-
-
-def _peak_rss_mb() -> float:
-    # VmHWM belongs to this process image; ru_maxrss would carry the parent's peak
-    # across fork and exec.
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+from _common import CACHE, peak_rss_mb, publish, run_child
 
 
 def _dir_size_mb(path: Path) -> float:
@@ -64,7 +51,7 @@ def child_create(h5ad: str, store: str) -> dict:
     return {
         "create_s": seconds,
         "create_cells_per_s": ds.n_cells / seconds,
-        "create_peak_rss_mb": _peak_rss_mb(),
+        "create_peak_rss_mb": peak_rss_mb(),
         "store_mb": _dir_size_mb(Path(store)),
         "counts_dtype": ds.counts_dtype.name,
     }
@@ -77,7 +64,7 @@ def child_stream(store: str) -> dict:
     return {
         "stream_shuffled_cells_per_s": _stream_rate(ds, shuffle=True),
         "stream_balanced_cells_per_s": _stream_rate(ds, shuffle=True, balance_labels=True),
-        "stream_peak_rss_mb": _peak_rss_mb(),
+        "stream_peak_rss_mb": peak_rss_mb(),
     }
 
 
@@ -115,15 +102,7 @@ def child_dense(h5ad: str, store: str, chunk_rows: int = 1024) -> dict:
     }
 
 
-def _run_child(*args: str) -> dict:
-    out = subprocess.run(
-        [sys.executable, __file__, *args], check=True, capture_output=True, text=True
-    ).stdout
-    return json.loads(out.strip().splitlines()[-1])
-
-
 def _source(n_cells: int, n_genes: int) -> Path:
-    sys.path.insert(0, str(HERE))
     from synthetic import write_synthetic_h5ad
 
     path = CACHE / f"synthetic_{n_cells}x{n_genes}.h5ad"
@@ -146,11 +125,11 @@ def main() -> None:
         h5ad = _source(n_cells, args.genes)
         store = CACHE / f"bench_store_{n_cells}.zarr"
         result = {"cells": n_cells, "genes": args.genes}
-        result |= _run_child("_create", str(h5ad), str(store))
-        result |= _run_child("_stream", str(store))
+        result |= run_child(__file__, "_create", str(h5ad), str(store))
+        result |= run_child(__file__, "_stream", str(store))
         if args.dense_baseline:
             dense = CACHE / f"bench_dense_{n_cells}.zarr"
-            result |= _run_child("_dense", str(h5ad), str(dense))
+            result |= run_child(__file__, "_dense", str(h5ad), str(dense))
             shutil.rmtree(dense)
         shutil.rmtree(store)
         print(json.dumps(result), file=sys.stderr)
@@ -187,10 +166,7 @@ def main() -> None:
                 f"| {r['stream_shuffled_cells_per_s'] / r['dense_read_cells_per_s']:.2f}x |"
             )
     table = "\n".join(lines)
-    print(table)
-    RESULTS.mkdir(exist_ok=True)
-    with open(RESULTS / "store.md", "a") as fh:
-        fh.write(table + "\n\n")
+    publish(table, "store.md")
 
 
 if __name__ == "__main__":

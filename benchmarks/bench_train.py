@@ -21,26 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-
-HERE = Path(__file__).resolve().parent
-CACHE = HERE / ".cache"
-RESULTS = HERE / "results"
-sys.path.insert(0, str(HERE))
-
-
-def _peak_rss_mb() -> float:
-    # VmHWM belongs to this process image; ru_maxrss would carry a parent's peak.
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
+from _common import CACHE, peak_rss_mb, publish, run_child
 
 
 def _macro_f1(y_true, y_pred) -> float:
@@ -71,7 +58,7 @@ def child_ginseng(train_h5ad: str, query_h5ad: str, epochs: str) -> dict:
         "train_s": train_s,
         "predict_s": time.perf_counter() - start,
         "macro_f1": _macro_f1(query.obs["cell_type"].astype(str), y_pred),
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
     }
 
 
@@ -106,7 +93,7 @@ def child_celltypist(train_h5ad: str, query_h5ad: str, epochs: str) -> dict:
         "train_s": train_s,
         "predict_s": time.perf_counter() - start,
         "macro_f1": _macro_f1(query.obs["cell_type"].astype(str), y_pred),
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
     }
 
 
@@ -128,13 +115,6 @@ def _files(n_cells: int, n_genes: int, n_query: int) -> tuple[Path, Path]:
     return train, query
 
 
-def _run_child(*args: str) -> dict:
-    out = subprocess.run(
-        [sys.executable, __file__, *args], check=True, capture_output=True, text=True
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cells", type=int, default=100_000)
@@ -147,7 +127,9 @@ def main() -> None:
     train, query = _files(args.cells, args.genes, args.query)
     results = {}
     for method in args.methods:
-        results[method] = _run_child(f"_{method}", str(train), str(query), str(args.epochs))
+        results[method] = run_child(
+            __file__, f"_{method}", str(train), str(query), str(args.epochs)
+        )
         print(method, json.dumps(results[method]), file=sys.stderr)
 
     command = "python benchmarks/bench_train.py " + " ".join(sys.argv[1:])
@@ -174,10 +156,7 @@ def main() -> None:
             f"macro-F1 {g['macro_f1'] - c['macro_f1']:+.3f}.",
         ]
     table = "\n".join(lines)
-    print(table)
-    RESULTS.mkdir(exist_ok=True)
-    with open(RESULTS / "train.md", "a") as fh:
-        fh.write(table + "\n\n")
+    publish(table, "train.md")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,40 @@
+"""Helpers shared by the benchmark scripts: child processes, peak memory, result files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+CACHE = HERE / ".cache"
+RESULTS = HERE / "results"
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process image in MB.
+
+    VmHWM is reset by exec, whereas ``ru_maxrss`` would carry a parent's peak across
+    fork and exec and inflate a child's figure.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
+
+
+def run_child(script: str, *args: str) -> dict:
+    """Run ``python script *args`` and return the JSON object on its last stdout line."""
+    out = subprocess.run(
+        [sys.executable, script, *args], check=True, capture_output=True, text=True
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def publish(table: str, name: str) -> None:
+    """Print a markdown result table and append it to ``benchmarks/results/<name>``."""
+    print(table)
+    RESULTS.mkdir(exist_ok=True)
+    with open(RESULTS / name, "a") as fh:
+        fh.write(table + "\n\n")
