@@ -346,3 +346,32 @@ def test_split_errors(tmp_path):
         ds.make_split(1.5)
     with pytest.raises(InputError, match="group_mode"):
         ds.make_split(0.1, group_mode="cells")
+
+
+def test_direct_chunk_reads_equal_zarr(tmp_path):
+    import zarr
+
+    from ginseng.data._chunks import FlatArray
+
+    ds = GinsengDataset.create(tmp_path / "s.zarr", make_counts(n_cells=3000), "cell_type")
+    array = ds._group["X/indices"]
+    flat = FlatArray(array)
+    assert flat._layout is not None  # the store's own layout is read directly
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        lo = int(rng.integers(0, array.shape[0] - 1))
+        hi = int(rng.integers(lo + 1, array.shape[0] + 1))
+        np.testing.assert_array_equal(flat[lo:hi], array[lo:hi])
+    # a chunk holding only the fill value is not written by zarr, and reads as zeros
+    group = zarr.open_group(tmp_path / "other.zarr", mode="w", zarr_format=3)
+    values = np.zeros(70_000, dtype=np.uint16)
+    values[:10] = 7
+    blosc = [zarr.codecs.BloscCodec(cname="lz4", shuffle="bitshuffle")]
+    sparse = group.create_array("v", data=values, chunks=(16_384,), compressors=blosc)
+    assert FlatArray(sparse)._layout is not None
+    assert not (tmp_path / "other.zarr" / "v" / "c" / "2").exists()
+    np.testing.assert_array_equal(FlatArray(sparse)[5:70_000], values[5:])
+    # anything else goes through zarr's own slicing
+    other = group.create_array("w", data=np.arange(10.0), chunks=(4,), compressors=None)
+    assert FlatArray(other)._layout is None
+    np.testing.assert_array_equal(FlatArray(other)[2:9], np.arange(2.0, 9.0))

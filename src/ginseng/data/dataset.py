@@ -28,6 +28,7 @@ from .._errors import InputError
 from .._logging import logger
 from .._settings import settings
 from . import _split
+from ._chunks import FlatArray
 from ._open import open_store
 from ._stream import BlockReader, StreamPlan, iterate
 
@@ -391,8 +392,8 @@ class GinsengDataset:
     def _reader(self) -> BlockReader:
         if not hasattr(self, "_block_reader"):
             self._block_reader = BlockReader(
-                self._group["X/data"],
-                self._group["X/indices"],
+                FlatArray(self._group["X/data"]),
+                FlatArray(self._group["X/indices"]),
                 np.asarray(self._group["X/indptr"][:], dtype=np.int64),
                 self.n_genes,
             )

@@ -1,0 +1,67 @@
+"""Fast slices of the store's flat, Blosc-compressed zarr arrays.
+
+zarr's general read path costs about 1 ms per chunk here against 0.3 ms to read the
+chunk file and Blosc-decode it directly, and it decodes on one event-loop thread, so
+streaming spent most of its time in zarr (measured on 100k x 2k cells: 190k cells/s
+through zarr, 560k reading chunk files, 920k with two reader threads). For the layout
+that :mod:`ginseng.data._create` writes (1-D, regular chunks, little-endian bytes then
+Blosc, on a local folder), :class:`FlatArray` reads chunk files itself with numcodecs'
+Blosc; any other layout falls back to zarr's own slicing.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def _direct_layout(array) -> tuple[Path, int] | None:
+    """Folder and chunk length when ``array`` has the layout we can read directly."""
+    from zarr.codecs import BloscCodec, BytesCodec
+    from zarr.storage import LocalStore
+
+    meta = array.metadata
+    codecs = getattr(meta, "codecs", ())
+    if not (
+        isinstance(array.store, LocalStore)
+        and len(array.shape) == 1
+        and len(codecs) == 2
+        and isinstance(codecs[0], BytesCodec)
+        and isinstance(codecs[1], BloscCodec)
+        and (array.dtype.itemsize == 1 or sys.byteorder == "little")
+        and str(getattr(codecs[0].endian, "value", "little")) == "little"
+    ):
+        return None
+    return Path(array.store.root) / array.path, int(meta.chunk_grid.chunk_shape[0])
+
+
+class FlatArray:
+    """Read-only ``[start:stop]`` slices of a 1-D zarr array, fast for our own layout."""
+
+    def __init__(self, array) -> None:
+        self._array = array
+        self._layout = _direct_layout(array)
+        self.dtype = array.dtype
+        self.shape = array.shape
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        start, stop = key.start, key.stop
+        if self._layout is None:
+            return self._array[start:stop]
+        from numcodecs import Blosc
+
+        root, size = self._layout
+        encode = self._array.metadata.chunk_key_encoding.encode_chunk_key
+        out = np.empty(stop - start, dtype=self.dtype)
+        codec = Blosc()
+        for k in range(start // size, -(-stop // size)):
+            lo, hi = max(start, k * size), min(stop, (k + 1) * size)
+            path = root / encode((k,))
+            if not path.exists():  # zarr skips writing chunks that hold only the fill value
+                out[lo - start : hi - start] = self._array.metadata.fill_value
+                continue
+            chunk = np.frombuffer(codec.decode(path.read_bytes()), dtype=self.dtype)
+            out[lo - start : hi - start] = chunk[lo - k * size : hi - k * size]
+        return out
