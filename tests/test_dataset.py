@@ -354,14 +354,16 @@ def test_direct_chunk_reads_equal_zarr(tmp_path):
     from ginseng.data._chunks import FlatArray
 
     ds = GinsengDataset.create(tmp_path / "s.zarr", make_counts(n_cells=3000), "cell_type")
-    array = ds._group["X/indices"]
-    flat = FlatArray(array)
-    assert flat._layout is not None  # the store's own layout is read directly
     rng = np.random.default_rng(0)
-    for _ in range(20):
-        lo = int(rng.integers(0, array.shape[0] - 1))
-        hi = int(rng.integers(lo + 1, array.shape[0] + 1))
-        np.testing.assert_array_equal(flat[lo:hi], array[lo:hi])
+    for name in ["X/data", "X/indices"]:  # written chunk by chunk, bypassing zarr
+        array = ds._group[name]
+        flat = FlatArray(array)
+        assert flat._layout is not None  # the store's own layout is read directly
+        np.testing.assert_array_equal(flat[0 : array.shape[0]], array[:])  # zarr reads it
+        for _ in range(20):
+            lo = int(rng.integers(0, array.shape[0] - 1))
+            hi = int(rng.integers(lo + 1, array.shape[0] + 1))
+            np.testing.assert_array_equal(flat[lo:hi], array[lo:hi])
     # a chunk holding only the fill value is not written by zarr, and reads as zeros
     group = zarr.open_group(tmp_path / "other.zarr", mode="w", zarr_format=3)
     values = np.zeros(70_000, dtype=np.uint16)

@@ -24,6 +24,7 @@ from anndata import AnnData
 from .. import _keys
 from .._errors import InputError, StoreError
 from .._logging import logger, progress
+from ._chunks import FlatArrayWriter
 from ._inputs import encode_obs_column, select_genes
 from ._matrix import check_counts, get_matrix, iter_row_chunks, matrix_name
 
@@ -153,6 +154,7 @@ def _write_counts(
         dtype=np.int32,
         compressors=_compressors(np.dtype(np.int32)),
     )
+    data, indices = FlatArrayWriter(data), FlatArrayWriter(indices)
     indptr = np.zeros(n_cells + 1, dtype=np.int64)
     offset = 0
     for shard in progress(range(shards.n_shards), desc="writing store", unit=" shards"):
@@ -166,10 +168,11 @@ def _write_counts(
             )
         block = block[order]
         indptr[start + 1 : start + 1 + block.shape[0]] = offset + block.indptr[1:]
-        if block.nnz:
-            data[offset : offset + block.nnz] = block.data.astype(dtype)
-            indices[offset : offset + block.nnz] = block.indices
+        data.append(block.data)
+        indices.append(block.indices)
         offset += block.nnz
+    data.close()
+    indices.close()
     group.create_array(
         "X/indptr",
         data=indptr,
