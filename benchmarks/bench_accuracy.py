@@ -79,14 +79,7 @@ def run_ginseng(
     x = align_counts(test_adata.X, test_adata.var_names, list(state.gene_names))
     proba = np.asarray(state.predict_proba(x, calibrated=True))
     predict_s = time.perf_counter() - t0
-    labels = [str(s) for s in state.label_names]
-    return PeerResult(
-        y_pred=np.asarray(labels, dtype=object)[proba.argmax(axis=1)],
-        proba=proba,
-        labels=labels,
-        train_s=train_s,
-        predict_s=predict_s,
-    )
+    return PeerResult.from_proba(proba, state.label_names, train_s, predict_s)
 
 
 def _subset(adata: ad.AnnData, mask: np.ndarray, label_key: str) -> ad.AnnData:

@@ -26,6 +26,18 @@ class PeerResult:
     train_s: float
     predict_s: float
 
+    @classmethod
+    def from_proba(cls, proba, labels, train_s: float, predict_s: float) -> PeerResult:
+        """Result whose prediction is the most probable of ``labels`` for each cell."""
+        labels = [str(label) for label in labels]
+        return cls(
+            y_pred=np.asarray(labels, dtype=object)[np.asarray(proba).argmax(axis=1)],
+            proba=np.asarray(proba),
+            labels=labels,
+            train_s=train_s,
+            predict_s=predict_s,
+        )
+
 
 def log_cp10k(adata: ad.AnnData) -> ad.AnnData:
     """Return a copy holding log1p of counts normalised to 10,000 per cell (CellTypist's input)."""
@@ -122,14 +134,7 @@ def run_logreg(
     t0 = time.perf_counter()
     proba = clf.predict_proba(log_cp10k(test_adata).X)
     predict_s = time.perf_counter() - t0
-    labels = [str(c) for c in clf.classes_]
-    return PeerResult(
-        y_pred=np.asarray(labels, dtype=object)[proba.argmax(axis=1)],
-        proba=proba,
-        labels=labels,
-        train_s=train_s,
-        predict_s=predict_s,
-    )
+    return PeerResult.from_proba(proba, clf.classes_, train_s, predict_s)
 
 
 def expected_calibration_error(
