@@ -24,6 +24,14 @@ def peak_rss_mb() -> float:
     raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
 
 
+def rss_mb() -> float:
+    """Current resident memory of this process in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS in /proc/self/status (Linux only)")
+
+
 def run_child(script: str, *args: str) -> dict:
     """Run ``python script *args`` and return the JSON object on its last stdout line."""
     out = subprocess.run(
