@@ -58,14 +58,22 @@ def _counts_dtype(all_integer: bool, max_value: float) -> np.dtype:
 class _ShardFiles:
     """Flat binary files, one set per shard, that pass 1 appends rows to."""
 
-    # Handles kept open between appends: reopening every shard's files for every source
-    # chunk cost ~10% of creation at 1M cells. Least recently used ones are closed first.
-    MAX_OPEN = 256
-
     def __init__(self, root: Path, n_shards: int) -> None:
         self.root = root
         self.root.mkdir()
         self.n_shards = n_shards
+        # Handles stay open between appends: reopening every shard's four files for
+        # every source chunk cost ~10% of creation at 1M cells. Every source chunk visits
+        # all shards in turn, so the cache must hold them all to help; it takes up to
+        # half of the process's file descriptor limit and closes the least recently used
+        # handle beyond that.
+        try:
+            import resource
+
+            soft_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        except ImportError:  # Windows: no rlimit; its C runtime allows 512 files
+            soft_limit = 512
+        self._max_open = max(16, min(4 * n_shards, soft_limit // 2))
         self._open: OrderedDict[tuple[int, str], BinaryIO] = OrderedDict()
 
     def _path(self, shard: int, part: str) -> Path:
@@ -76,7 +84,7 @@ class _ShardFiles:
         if key in self._open:
             self._open.move_to_end(key)
         else:
-            if len(self._open) >= self.MAX_OPEN:
+            if len(self._open) >= self._max_open:
                 self._open.popitem(last=False)[1].close()
             self._open[key] = open(self._path(shard, part), "ab")
         return self._open[key]
