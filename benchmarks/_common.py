@@ -24,6 +24,21 @@ def peak_rss_mb() -> float:
     raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
 
 
+def synthetic_h5ad(n_cells: int, n_genes: int) -> Path:
+    """The cached label-sorted synthetic count file the benchmarks share (made if missing).
+
+    It is generated in its own process, so a benchmark's parent stays small.
+    """
+    path = CACHE / f"synthetic_{n_cells}x{n_genes}.h5ad"
+    if not path.exists():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        print(f"generating {path.name} ...", file=sys.stderr)
+        command = [sys.executable, str(HERE / "synthetic.py"), str(path)]
+        command += ["--cells", str(n_cells), "--genes", str(n_genes)]
+        subprocess.run(command, check=True, stdout=sys.stderr)
+    return path
+
+
 def rss_mb() -> float:
     """Current resident memory of this process in MB."""
     for line in Path("/proc/self/status").read_text().splitlines():

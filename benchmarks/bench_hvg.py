@@ -14,16 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import subprocess
 import sys
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-CACHE = HERE / ".cache"
-RESULTS = HERE / "results"
+from _common import peak_rss_mb, publish, run_child, synthetic_h5ad
 
 
 def child_select(h5ad: str, n_top: str, flavor: str, batch_key: str, chunk_size: str) -> dict:
@@ -45,26 +40,10 @@ def child_select(h5ad: str, n_top: str, flavor: str, batch_key: str, chunk_size:
     seconds = time.perf_counter() - start
     return {
         "seconds": seconds,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
         "n_selected": int(adata.var["ginseng_genes"].sum()),
         "nnz": int(adata.file["X/indices"].shape[0]),
     }
-
-
-def _source(n_cells: int, n_genes: int) -> Path:
-    """The cached synthetic file shared with the other benchmarks (made if missing).
-
-    It is generated in its own process: Linux keeps a process's peak RSS across the
-    fork and exec of a child, so a large parent would inflate the measured step's.
-    """
-    path = CACHE / f"synthetic_{n_cells}x{n_genes}.h5ad"
-    if not path.exists():
-        CACHE.mkdir(parents=True, exist_ok=True)
-        print(f"generating {path.name} ...", file=sys.stderr)
-        command = [sys.executable, str(HERE / "synthetic.py"), str(path)]
-        command += ["--cells", str(n_cells), "--genes", str(n_genes)]
-        subprocess.run(command, check=True, stdout=sys.stderr)
-    return path
 
 
 def main() -> None:
@@ -79,13 +58,10 @@ def main() -> None:
 
     rows = []
     for n_cells in args.cells:
-        h5ad = _source(n_cells, args.genes)
+        h5ad = synthetic_h5ad(n_cells, args.genes)
         chunk = "" if args.chunk_size is None else str(args.chunk_size)
         step = [str(h5ad), str(args.n_top), args.flavor, args.batch_key, chunk]
-        out = subprocess.run(
-            [sys.executable, __file__, "_select", *step], check=True, capture_output=True, text=True
-        ).stdout
-        result = json.loads(out.strip().splitlines()[-1])
+        result = run_child(__file__, "_select", *step)
         result |= {"cells": n_cells, "file_gb": h5ad.stat().st_size / 2**30}
         print(json.dumps(result), file=sys.stderr)
         rows.append(result)
@@ -105,11 +81,7 @@ def main() -> None:
             f"| {r['seconds']:.1f} s | {r['cells'] / r['seconds']:,.0f} "
             f"| {r['peak_rss_mb']:,.0f} MB |"
         )
-    table = "\n".join(lines)
-    print(table)
-    RESULTS.mkdir(exist_ok=True)
-    with open(RESULTS / "hvg.md", "a") as fh:
-        fh.write(table + "\n\n")
+    publish("\n".join(lines), "hvg.md")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from _common import CACHE, peak_rss_mb, publish, rss_mb, run_child
+from _common import CACHE, peak_rss_mb, publish, rss_mb, run_child, synthetic_h5ad
 
 
 def _dir_size_mb(path: Path) -> float:
@@ -105,17 +105,6 @@ def child_dense(h5ad: str, store: str, chunk_rows: int = 1024) -> dict:
     }
 
 
-def _source(n_cells: int, n_genes: int) -> Path:
-    from synthetic import write_synthetic_h5ad
-
-    path = CACHE / f"synthetic_{n_cells}x{n_genes}.h5ad"
-    if not path.exists():
-        CACHE.mkdir(parents=True, exist_ok=True)
-        print(f"generating {path.name} ...", file=sys.stderr)
-        write_synthetic_h5ad(path, n_cells, n_genes, sorted_by_label=True)
-    return path
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cells", type=int, nargs="+", default=[100_000, 1_000_000])
@@ -125,7 +114,7 @@ def main() -> None:
 
     rows = []
     for n_cells in args.cells:
-        h5ad = _source(n_cells, args.genes)
+        h5ad = synthetic_h5ad(n_cells, args.genes)
         store = CACHE / f"bench_store_{n_cells}.zarr"
         result = {"cells": n_cells, "genes": args.genes}
         result |= run_child(__file__, "_create", str(h5ad), str(store))
