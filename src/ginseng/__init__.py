@@ -31,6 +31,7 @@ __all__ = [
     "ModelFormatError",
     "StoreError",
     "__version__",
+    "classify",
     "pl",
     "pp",
     "settings",
@@ -44,8 +45,10 @@ def __getattr__(name: str):
     # Submodules load on first use so that `import ginseng` stays light.
     if name in _SUBMODULES:
         return import_module(f".{name}", __name__)
+    if name == "classify":
+        return import_module("._seed_api", __name__).classify
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | _SUBMODULES)
+    return sorted(set(globals()) | _SUBMODULES | {"classify"})

@@ -1,0 +1,219 @@
+"""Align a query's genes to a model's input genes by name.
+
+The model sees its genes in a fixed order. A query may order them differently, lack
+some (zero-filled: an unmeasured gene looks like an unexpressed one, which is what the
+gene-masking augmentation trains the network to tolerate) or have extra ones
+(ignored). Names are compared as given, except that Ensembl version suffixes
+(``ENSG00000141510.17``) are dropped when both sides use Ensembl ids.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from .._errors import GeneMismatchError, InputError
+from .._logging import logger
+
+# Ensembl stable ids of genes of any species: ENSG..., ENSMUSG..., ENSDARG..., optional version.
+_ENSEMBL = re.compile(r"^ENS[A-Z]*G\d{6,}(\.\d+)?$")
+_VERSION = re.compile(r"\.\d+$")
+
+
+def id_type(names: Any) -> str:
+    """Return ``"ensembl"`` when most names are Ensembl gene ids, else ``"symbol"``."""
+    names = pd.Index(names).astype(str)
+    if len(names) == 0:
+        return "symbol"
+    sample = names[:: max(1, len(names) // 2000)]
+    share = np.mean([bool(_ENSEMBL.match(n)) for n in sample])
+    return "ensembl" if share > 0.5 else "symbol"
+
+
+def _keys(names: Any, strip_version: bool) -> pd.Index:
+    names = pd.Index(np.asarray(names, dtype=str))
+    return names.str.replace(_VERSION, "", regex=True) if strip_version else names
+
+
+@dataclass(frozen=True)
+class GeneAlignment:
+    """Where each of the model's genes sits in the query.
+
+    Attributes
+    ----------
+    source
+        Where the query's names came from: ``"var_names"`` or ``"var['<column>']"``.
+    positions
+        For each model gene (model order), its column in the query, or -1 if missing.
+    n_query_genes
+        Number of columns of the query matrix.
+    model_id_type, query_id_type
+        ``"ensembl"`` or ``"symbol"``.
+    """
+
+    source: str
+    positions: np.ndarray
+    n_query_genes: int
+    model_id_type: str
+    query_id_type: str
+
+    @property
+    def n_model_genes(self) -> int:
+        return int(self.positions.size)
+
+    @property
+    def n_found(self) -> int:
+        return int((self.positions >= 0).sum())
+
+    @property
+    def fraction(self) -> float:
+        return self.n_found / max(self.n_model_genes, 1)
+
+    def selector(self) -> sp.csr_matrix:
+        """0/1 matrix (query genes x model genes): ``chunk @ selector`` is the aligned chunk.
+
+        One sparse product reorders, drops extra genes and zero-fills missing ones, and
+        keeps count values exact (each is multiplied by 1).
+        """
+        found = np.flatnonzero(self.positions >= 0)
+        return sp.csr_matrix(
+            (np.ones(found.size, np.float32), (self.positions[found], found)),
+            shape=(self.n_query_genes, self.n_model_genes),
+        )
+
+    def summary(self) -> dict[str, Any]:
+        """JSON/h5ad-friendly description, recorded in ``uns``."""
+        return {
+            "source": self.source,
+            "n_model_genes": self.n_model_genes,
+            "n_found": self.n_found,
+            "fraction": round(self.fraction, 6),
+            "model_id_type": self.model_id_type,
+            "query_id_type": self.query_id_type,
+        }
+
+
+def _positions(model_genes: np.ndarray, query_names: Any, strip: bool) -> np.ndarray:
+    query = _keys(query_names, strip)
+    if query.has_duplicates:
+        # The first occurrence wins, as in a dictionary lookup by name.
+        query = query.where(~query.duplicated(), other="\0duplicate")
+    return query.get_indexer(_keys(model_genes, strip)).astype(np.int64)
+
+
+def _candidate_columns(var: pd.DataFrame) -> list[str]:
+    out = []
+    for column in var.columns:
+        dtype = var[column].dtype
+        if isinstance(dtype, pd.CategoricalDtype):
+            dtype = dtype.categories.dtype
+        if pd.api.types.is_string_dtype(dtype):
+            out.append(str(column))
+    return out
+
+
+def align_genes(
+    model_genes: Any,
+    var: pd.DataFrame,
+    *,
+    gene_key: str | None = None,
+    min_overlap: float = 0.5,
+) -> GeneAlignment:
+    """Find the model's genes among the query's genes.
+
+    Parameters
+    ----------
+    model_genes
+        The model's input genes, in input order.
+    var
+        The query's ``adata.var`` (its index is ``var_names``).
+    gene_key
+        A ``var`` column holding the gene names to match. ``None`` tries ``var_names``
+        first and, if fewer than ``min_overlap`` of the model's genes match there, every
+        text column of ``var`` (e.g. ``gene_ids``, ``gene_symbols``, ``feature_name``),
+        taking the best.
+    min_overlap
+        Least fraction of the model's genes that must be found, in ``[0, 1]``.
+
+    Raises
+    ------
+    GeneMismatchError
+        Fewer than ``min_overlap`` of the model's genes were found; the message gives
+        the overlap, the id types on both sides and example names.
+    """
+    if not 0.0 <= float(min_overlap) <= 1.0:
+        raise InputError(f"min_gene_overlap must be in [0, 1], got {min_overlap!r}.")
+    model_genes = np.asarray(model_genes, dtype=str)
+    model_type = id_type(model_genes)
+
+    if gene_key is not None:
+        if gene_key not in var.columns:
+            available = ", ".join(map(repr, _candidate_columns(var))) or "none"
+            raise InputError(
+                f"gene_key={gene_key!r} is not a column of adata.var (text columns: {available})."
+            )
+        candidates = {f"var[{gene_key!r}]": var[gene_key]}
+    else:
+        candidates = {"var_names": var.index}
+        candidates.update({f"var[{c!r}]": var[c] for c in _candidate_columns(var)})
+
+    tried = []
+    best = None
+    for source, names in candidates.items():
+        names = pd.Index(names).astype(str)
+        query_type = id_type(names)
+        strip = model_type == query_type == "ensembl"
+        positions = _positions(model_genes, names, strip)
+        alignment = GeneAlignment(source, positions, len(var), model_type, query_type)
+        tried.append(f"{source} {alignment.fraction:.0%}")
+        if best is None or alignment.n_found > best.n_found:
+            best = alignment
+        # var_names win whenever they are good enough: columns are only a fallback.
+        if source == "var_names" and alignment.fraction >= min_overlap:
+            break
+
+    assert best is not None
+    if best.fraction < min_overlap or best.n_found == 0:
+        raise GeneMismatchError(_mismatch_message(best, model_genes, var, tried, min_overlap))
+    if best.source != "var_names":
+        logger.warning(
+            "adata.var_names match %d of the model's genes; using %s instead, which matches %d",
+            int((_positions(model_genes, var.index.astype(str), False) >= 0).sum()),
+            best.source,
+            best.n_found,
+        )
+    logger.info(
+        "found %d of %d model genes (%.1f%%) in %s; %d missing genes are zero-filled",
+        best.n_found,
+        best.n_model_genes,
+        100 * best.fraction,
+        best.source,
+        best.n_model_genes - best.n_found,
+    )
+    return best
+
+
+def _mismatch_message(best, model_genes, var, tried, min_overlap) -> str:
+    examples_model = ", ".join(model_genes[:3])
+    examples_query = ", ".join(map(str, var.index[:3]))
+    cause = ""
+    if best.model_id_type != id_type(var.index):
+        cause = (
+            f" The model uses {best.model_id_type} names but adata.var_names look like "
+            f"{id_type(var.index)}s; pass gene_key= naming the var column with "
+            f"{best.model_id_type} names."
+        )
+    elif best.n_found == 0:
+        cause = " The query may come from another species or annotation."
+    return (
+        f"Only {best.n_found} of the model's {best.n_model_genes} genes "
+        f"({best.fraction:.1%}) were found in the query (best match: {best.source}; tried "
+        f"{', '.join(tried)}); at least {min_overlap:.0%} are required.{cause} Model genes: "
+        f"{examples_model}, ...; query var_names: {examples_query}, .... Lower "
+        "min_gene_overlap= only if you accept predictions from a partial gene panel."
+    )

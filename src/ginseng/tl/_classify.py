@@ -1,0 +1,288 @@
+"""``ginseng.tl.classify``: annotate the cells of an AnnData with a trained model."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+from .. import _keys
+from .._errors import InputError
+from .._logging import progress, timed
+from .._settings import settings
+from ..data._align import align_genes
+from ..data._matrix import check_counts as _check_negative
+from ..data._matrix import iter_row_chunks
+from ..data._preflight import check_raw_counts
+from ._labels import assign_labels, label_colors, majority_vote
+from ._query import open_query, write_back
+from ._record import drop_none, model_summary
+
+
+def classify(
+    adata: AnnData | str | os.PathLike,
+    model: Any,
+    *,
+    layer: str | None = None,
+    key_added: str = _keys.PREFIX,
+    gene_key: str | None = None,
+    min_gene_overlap: float = 0.5,
+    unassigned_threshold: float | None = None,
+    majority_vote_key: str | None = None,
+    min_prop: float = 0.0,
+    store_probabilities: bool = True,
+    check_counts: bool = True,
+    batch_size: int | None = None,
+    return_table: bool = False,
+    copy: bool = False,
+    write: bool = False,
+    _counts_fallback: bool = False,
+) -> AnnData | pd.DataFrame | None:
+    """Annotate cells with a trained ginseng model, chunk by chunk.
+
+    The query's genes are matched to the model's by name (reordered, missing genes
+    zero-filled, extra genes ignored); the raw counts are read ``batch_size`` rows at a
+    time, so memory does not grow with the number of cells, also for backed data.
+    Confidence is the calibrated probability of the predicted label.
+
+    Parameters
+    ----------
+    adata
+        Cells to annotate: an AnnData in memory (dense or sparse) or backed (``"r"`` or
+        ``"r+"``), or a path to an ``.h5ad`` file, an AnnData ``.zarr`` store (both read
+        out of core) or any file :func:`ginseng.data.io.read_adata` reads.
+    model
+        A :class:`~ginseng.model.GinsengModelState` or the path of a saved model file.
+    layer
+        Layer with raw counts; ``None`` uses ``.X``. After standard scanpy preprocessing
+        the counts are usually in ``layer="counts"``.
+    key_added
+        Prefix of the keys written (``"ginseng"`` gives ``obs["ginseng_cell_type"]``...).
+    gene_key
+        ``var`` column with gene names matching the model's. ``None`` uses ``var_names``,
+        or, when they match too few of the model's genes, the best-matching text column
+        of ``var`` (e.g. ``gene_ids`` for Ensembl ids, ``feature_name`` for symbols),
+        which is logged. Ensembl version suffixes are ignored.
+    min_gene_overlap
+        Least fraction of the model's genes that must be found in the query, else a
+        :class:`~ginseng.GeneMismatchError` names the likely cause. Missing genes are
+        zero-filled.
+    unassigned_threshold
+        Cells whose confidence is below this get the label ``"Unassigned"``.
+    majority_vote_key
+        ``obs`` column of clusters (e.g. ``"leiden"``): also write the most frequent
+        prediction of each cluster to ``obs[f"{key_added}_majority_vote"]``.
+    min_prop
+        Clusters whose most frequent label covers less than this fraction of their cells
+        are voted ``"Heterogeneous"``.
+    store_probabilities
+        Write the probabilities of every label to ``obsm``. ``False`` saves
+        ``n_cells x n_labels`` floats of memory.
+    check_counts
+        Refuse log-normalised or scaled input (negative values; non-integer values with
+        constant per-cell totals or only small values). Switch off only if you know the
+        matrix holds counts.
+    batch_size
+        Cells read and classified per chunk; defaults to ``ginseng.settings.chunk_size``.
+    return_table
+        Return the results as a DataFrame and leave ``adata`` untouched.
+    copy
+        Annotate and return a copy of ``adata`` (in memory only) instead of ``adata``.
+    write
+        For a path or a backed AnnData: also write ``obs``, the ``obsm`` probabilities
+        and the ``uns`` entries into the file (an ``.h5ad`` or ``.zarr``; a backed
+        AnnData must be opened ``"r+"``). Nothing else in the file changes.
+
+    Returns
+    -------
+    With ``return_table=True``: a DataFrame indexed by ``obs_names`` with columns
+    ``f"{key_added}_cell_type"``, ``f"{key_added}_confidence"``, one probability column
+    per label (model order) and ``f"{key_added}_majority_vote"`` when requested.
+    With ``copy=True``: the annotated copy. With a path: the AnnData read from it
+    (backed for ``.h5ad``; for ``.zarr`` its obs/var/uns/obsm only), annotated.
+    Otherwise ``None``, and ``adata`` gains:
+
+    ``obs[f"{key_added}_cell_type"]``
+        Categorical prediction; categories are the model's labels (in model order),
+        plus ``"Unassigned"`` when ``unassigned_threshold`` is set.
+    ``obs[f"{key_added}_confidence"]``
+        float32 calibrated probability of the predicted label.
+    ``obsm[f"{key_added}_probabilities"]``
+        float32 ``n_cells x n_labels`` calibrated probabilities; columns follow
+        ``uns[key_added]["classify"]["labels"]`` (unless ``store_probabilities=False``).
+    ``obs[f"{key_added}_majority_vote"]``
+        Categorical cluster-level label (with ``majority_vote_key``).
+    ``uns[f"{key_added}_cell_type_colors"]`` (and ``..._majority_vote_colors``)
+        A colour per category, fixed by the label's position in the model, so
+        ``sc.pl.umap(adata, color="ginseng_cell_type")`` colours a cell type the same
+        in every dataset.
+    ``uns[key_added]["classify"]``
+        ``"params"`` (the arguments), ``"labels"`` (probability column order),
+        ``"model"`` (holdout accuracy, macro-F1, ECE, temperature, fingerprint) and
+        ``"gene_overlap"`` (genes found, fraction, the names' source and id types).
+
+    Raises
+    ------
+    GeneMismatchError
+        Fewer than ``min_gene_overlap`` of the model's genes are in the query.
+    InputError
+        The matrix does not hold raw counts (see ``check_counts``), a key is missing,
+        or the options contradict each other.
+
+    Examples
+    --------
+    >>> import ginseng as gs
+    >>> gs.tl.classify(adata, "model.h5", layer="counts")  # doctest: +SKIP
+    >>> adata.obs[["ginseng_cell_type", "ginseng_confidence"]].head()  # doctest: +SKIP
+    >>> gs.tl.classify(
+    ...     adata, state, layer="counts", unassigned_threshold=0.5, majority_vote_key="leiden"
+    ... )  # doctest: +SKIP
+    >>> table = gs.tl.classify("query.h5ad", state, return_table=True)  # doctest: +SKIP
+    """
+    state = _resolve_model(model)
+    _check_options(adata, return_table, copy, write, unassigned_threshold, key_added)
+    batch_size = settings.chunk_size if batch_size is None else batch_size
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    query = open_query(adata, layer, counts_fallback=_counts_fallback)
+    target = query.adata
+    if majority_vote_key is not None and majority_vote_key not in target.obs.columns:
+        raise InputError(
+            f"majority_vote_key={majority_vote_key!r} is not a column of adata.obs "
+            f"(e.g. run sc.tl.leiden first); columns: {', '.join(map(str, target.obs.columns))}."
+        )
+
+    labels = [str(x) for x in state.labels]
+    alignment = align_genes(
+        state.genes, target.var, gene_key=gene_key, min_overlap=min_gene_overlap
+    )
+    selector = alignment.selector()
+    keep_proba = store_probabilities or return_table
+    n = target.n_obs
+    codes = np.empty(n, np.int32)
+    confidence = np.empty(n, np.float32)
+    proba = np.empty((n, len(labels)), np.float32) if keep_proba else None
+
+    with timed(f"classifying {n} cells with a {len(labels)}-label ginseng model"):
+        bar = progress(total=n, desc="classifying", unit="cells")
+        for i, (rows, chunk) in enumerate(iter_row_chunks(query.matrix, batch_size)):
+            if check_counts and i == 0:
+                check_raw_counts(chunk, where=query.where, layers=query.layers)
+            elif check_counts:
+                _check_negative(chunk, where=query.where)
+            p = state.predict_proba(chunk @ selector)
+            codes[rows] = p.argmax(axis=1)
+            confidence[rows] = p[np.arange(len(p)), codes[rows]]
+            if proba is not None:
+                proba[rows] = p
+            bar.update(rows.stop - rows.start)
+        bar.close()
+
+    predicted = assign_labels(codes, confidence, labels, unassigned_threshold)
+    votes = None
+    if majority_vote_key is not None:
+        votes = majority_vote(predicted, target.obs[majority_vote_key], min_prop=min_prop)
+
+    names = _names(key_added)
+    if return_table:
+        table = pd.DataFrame(
+            {names["cell_type"]: predicted, names["confidence"]: confidence},
+            index=target.obs_names.copy(),
+        )
+        table = pd.concat([table, pd.DataFrame(proba, index=table.index, columns=labels)], axis=1)
+        if votes is not None:
+            table[names["majority_vote"]] = votes
+        return table
+
+    out = target.copy() if copy else target
+    out.obs[names["cell_type"]] = pd.Categorical(predicted)
+    out.obs[names["confidence"]] = confidence
+    out.uns[f"{names['cell_type']}_colors"] = label_colors(list(predicted.categories), labels)
+    obsm_keys = []
+    if store_probabilities:
+        out.obsm[names["probabilities"]] = proba
+        obsm_keys.append(names["probabilities"])
+    uns_keys = [key_added, f"{names['cell_type']}_colors"]
+    if votes is not None:
+        out.obs[names["majority_vote"]] = votes
+        out.uns[f"{names['majority_vote']}_colors"] = label_colors(list(votes.categories), labels)
+        uns_keys.append(f"{names['majority_vote']}_colors")
+    params = {
+        "layer": query.layer,
+        "key_added": key_added,
+        "gene_key": gene_key,
+        "min_gene_overlap": float(min_gene_overlap),
+        "unassigned_threshold": unassigned_threshold,
+        "majority_vote_key": majority_vote_key,
+        "min_prop": float(min_prop),
+        "store_probabilities": bool(store_probabilities),
+        "check_counts": bool(check_counts),
+        "batch_size": int(batch_size),
+    }
+    entry = out.uns.get(key_added, {})
+    entry["classify"] = {
+        "params": drop_none(params),
+        "labels": labels,
+        "model": model_summary(state),
+        "gene_overlap": alignment.summary(),
+    }
+    out.uns[key_added] = entry
+    if write:
+        write_back(query, obsm_keys=obsm_keys, uns_keys=uns_keys)
+    if copy or not isinstance(adata, AnnData):
+        return out
+    return None
+
+
+def _names(key_added: str) -> dict[str, str]:
+    return {
+        "cell_type": f"{key_added}_cell_type",
+        "confidence": f"{key_added}_confidence",
+        "probabilities": f"{key_added}_probabilities",
+        "majority_vote": f"{key_added}_majority_vote",
+    }
+
+
+def _resolve_model(model: Any):
+    from ..model.state import GinsengModelState
+
+    if isinstance(model, GinsengModelState):
+        return model
+    if isinstance(model, str | os.PathLike):
+        from ..data.io import load_model
+
+        return load_model(model)
+    raise InputError(
+        f"model must be a GinsengModelState or the path of a model file, got {type(model).__name__}."
+    )
+
+
+def _check_options(adata, return_table, copy, write, threshold, key_added) -> None:
+    if return_table and (copy or write):
+        raise InputError(
+            "return_table=True leaves adata untouched; do not combine it with copy= or write=."
+        )
+    if copy and isinstance(adata, AnnData) and adata.isbacked:
+        raise InputError(
+            "copy=True would load the backed AnnData into memory; annotate it in place, "
+            "or use return_table=True, or pass adata.to_memory() if it fits."
+        )
+    if write and isinstance(adata, AnnData) and not adata.isbacked:
+        raise InputError(
+            "write=True writes into the file behind a path or a backed AnnData; an "
+            "in-memory AnnData is annotated in place (save it with adata.write_h5ad)."
+        )
+    if write and isinstance(adata, AnnData) and adata.file._filemode != "r+":
+        raise InputError(
+            f"write=True needs the backed AnnData opened with backed='r+' "
+            f"({adata.filename} is open read-only)."
+        )
+    if threshold is not None and not (
+        isinstance(threshold, int | float) and 0.0 <= float(threshold) <= 1.0
+    ):
+        raise InputError(f"unassigned_threshold must be in [0, 1], got {threshold!r}.")
+    if not isinstance(key_added, str) or not key_added:
+        raise InputError(f"key_added must be a non-empty string, got {key_added!r}.")

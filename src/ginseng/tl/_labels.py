@@ -1,0 +1,78 @@
+"""Label post-processing of ``classify``: Unassigned, majority voting, stable colours."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .. import _keys
+from .._errors import InputError
+
+HETEROGENEOUS = "Heterogeneous"
+# Reserved labels get fixed greys, so they never take a cell type's colour.
+_RESERVED_COLORS = {_keys.UNASSIGNED: "#d3d3d3", HETEROGENEOUS: "#808080"}
+
+
+def label_colors(categories: list[str], model_labels: list[str]) -> list[str]:
+    """One hex colour per category, fixed by the label's position in the model.
+
+    scanpy picks colours by category position; tying them to the model's label order
+    instead gives a cell type the same colour in every dataset annotated by the same
+    model, whichever labels a dataset happens to contain.
+    """
+    from scanpy.plotting import palettes
+
+    n = len(model_labels)
+    if n <= 20:
+        palette = palettes.default_20
+    elif n <= 28:
+        palette = palettes.default_28
+    else:
+        palette = palettes.default_102
+    index = {label: i for i, label in enumerate(model_labels)}
+    return [
+        _RESERVED_COLORS.get(c) or (palette[index[c]] if index.get(c, n) < len(palette) else "grey")
+        for c in categories
+    ]
+
+
+def assign_labels(
+    codes: np.ndarray, confidence: np.ndarray, labels: list[str], threshold: float | None
+) -> pd.Categorical:
+    """Predicted labels as a categorical over ``labels`` (+ Unassigned with a threshold)."""
+    categories = list(labels)
+    if threshold is not None:
+        if _keys.UNASSIGNED in categories:
+            raise InputError(
+                f"The model has a label named {_keys.UNASSIGNED!r}, so unassigned_threshold "
+                "cannot mark low-confidence cells; leave it None."
+            )
+        categories.append(_keys.UNASSIGNED)
+        codes = np.where(confidence < threshold, len(labels), codes)
+    return pd.Categorical.from_codes(codes.astype(np.int32), categories=categories)
+
+
+def majority_vote(
+    predicted: pd.Categorical, clusters: pd.Series, *, min_prop: float = 0.0
+) -> pd.Categorical:
+    """The most frequent predicted label of each cluster, given to all its cells.
+
+    Clusters whose most frequent label covers less than ``min_prop`` of their cells
+    become ``"Heterogeneous"``; cells without a cluster (missing values) get a missing
+    value. Ties go to the label that comes first in the model's order.
+    """
+    if not 0.0 <= float(min_prop) <= 1.0:
+        raise InputError(f"min_prop must be in [0, 1], got {min_prop!r}.")
+    clusters = pd.Series(np.asarray(clusters, dtype=object), dtype="category")
+    table = pd.crosstab(clusters.to_numpy(), pd.Series(predicted).to_numpy(), dropna=False)
+    table = table.reindex(columns=predicted.categories, fill_value=0)
+    top = table.to_numpy().argmax(axis=1)
+    share = table.to_numpy().max(axis=1) / np.maximum(table.to_numpy().sum(axis=1), 1)
+    winners = np.asarray(predicted.categories, dtype=object)[top]
+    winners = np.where(share < min_prop, HETEROGENEOUS, winners)
+    per_cluster = pd.Series(winners, index=table.index)
+    votes = clusters.map(per_cluster).astype(object).to_numpy()
+    categories = [c for c in predicted.categories if c in set(winners)]
+    if HETEROGENEOUS in set(winners):
+        categories.append(HETEROGENEOUS)
+    return pd.Categorical(votes, categories=categories)

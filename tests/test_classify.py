@@ -1,0 +1,306 @@
+"""gs.tl.classify / ginseng.classify on real predictions of the session's toy model."""
+
+from __future__ import annotations
+
+import logging
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+import ginseng as gs
+from ginseng import GeneMismatchError, InputError
+
+
+@pytest.fixture(autouse=True)
+def _quiet():
+    before = gs.settings.progress_bar
+    gs.settings.progress_bar = False
+    yield
+    gs.settings.progress_bar = before
+
+
+@pytest.fixture
+def query(toy_trained):
+    """300 of the toy cells (a fresh copy), counts in X and in layers["counts"]."""
+    adata = toy_trained.adata[:300].copy()
+    adata.layers["counts"] = adata.X.copy()
+    return adata
+
+
+def _expected(state, adata) -> np.ndarray:
+    """Probabilities from the matrix aligned by hand (the model's gene order)."""
+    return state.predict_proba(adata[:, list(state.genes)].X)
+
+
+def test_classify_writes_documented_keys(toy_trained, query):
+    state = toy_trained.state
+    assert gs.tl.classify(query, state) is None
+    pred = query.obs["ginseng_cell_type"]
+    assert isinstance(pred.dtype, pd.CategoricalDtype)
+    assert list(pred.cat.categories) == list(state.labels)
+    assert (pred.astype(str) == query.obs["cell_type"].astype(str)).mean() > 0.9
+    proba = query.obsm["ginseng_probabilities"]
+    assert proba.dtype == np.float32 and proba.shape == (query.n_obs, state.n_labels)
+    np.testing.assert_allclose(proba, _expected(state, query), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(proba.sum(axis=1), 1, atol=1e-5)
+    conf = query.obs["ginseng_confidence"]
+    assert conf.dtype == np.float32
+    np.testing.assert_array_equal(conf.to_numpy(), proba.max(axis=1))
+    entry = query.uns["ginseng"]["classify"]
+    assert entry["labels"] == list(state.labels)
+    assert entry["gene_overlap"]["n_found"] == state.n_genes
+    assert entry["gene_overlap"]["source"] == "var_names"
+    assert entry["model"]["n_labels"] == state.n_labels
+    assert len(query.uns["ginseng_cell_type_colors"]) == state.n_labels
+
+
+def test_gene_reorder_missing_and_extra_genes(toy_trained, query):
+    state = toy_trained.state
+    rng = np.random.default_rng(0)
+    order = rng.permutation(query.n_vars)[5:]  # shuffled, 5 model genes missing
+    X = query.X[:, order]
+    extra = sp.random(query.n_obs, 7, density=0.5, format="csr", random_state=1) * 20
+    extra.data = np.round(extra.data)
+    shuffled = ad.AnnData(
+        sp.hstack([X, extra]).tocsr(),
+        obs=query.obs.copy(),
+        var=pd.DataFrame(index=list(query.var_names[order]) + [f"extra{i}" for i in range(7)]),
+    )
+    gs.tl.classify(shuffled, state)
+
+    aligned = query.X.toarray().copy()
+    missing = np.setdiff1d(np.arange(query.n_vars), order)
+    aligned[:, missing] = 0
+    expected = state.predict_proba(aligned)
+    np.testing.assert_allclose(shuffled.obsm["ginseng_probabilities"], expected, atol=1e-6)
+    overlap = shuffled.uns["ginseng"]["classify"]["gene_overlap"]
+    assert overlap["n_found"] == state.n_genes - 5
+
+
+def test_var_column_fallback_for_ensembl_var_names(toy_trained, query, caplog):
+    state = toy_trained.state
+    symbols = list(query.var_names)
+    query.var["gene_symbols"] = symbols
+    query.var_names = [f"ENSG{i:011d}" for i in range(query.n_vars)]
+    with caplog.at_level(logging.WARNING, logger="ginseng"):
+        gs.tl.classify(query, state)
+    assert "var['gene_symbols']" in caplog.text
+    assert query.uns["ginseng"]["classify"]["gene_overlap"]["source"] == "var['gene_symbols']"
+    assert query.uns["ginseng"]["classify"]["gene_overlap"]["query_id_type"] == "symbol"
+    query.var_names = symbols
+    np.testing.assert_allclose(
+        query.obsm["ginseng_probabilities"], _expected(state, query), atol=1e-6
+    )
+
+
+def test_versioned_ensembl_ids_match_unversioned_model(toy_trained, query):
+    from dataclasses import replace
+
+    state = toy_trained.state
+    ids = np.array([f"ENSG{i:011d}" for i in range(state.n_genes)])
+    ens_state = replace(state, genes=ids)
+    query.var_names = [f"{g}.{i % 3 + 1}" for i, g in enumerate(ids)]
+    gs.tl.classify(query, ens_state)
+    overlap = query.uns["ginseng"]["classify"]["gene_overlap"]
+    assert overlap["n_found"] == state.n_genes and overlap["model_id_type"] == "ensembl"
+
+
+def test_overlap_guard_names_the_cause(toy_trained, query):
+    state = toy_trained.state
+    small = query[:, :15].copy()  # 15 of 50 model genes
+    with pytest.raises(GeneMismatchError, match=r"Only 15 of the model's 50 genes \(30\.0%\)"):
+        gs.tl.classify(small, state)
+    assert "ginseng_cell_type" not in small.obs
+    gs.tl.classify(small, state, min_gene_overlap=0.25)
+    assert small.uns["ginseng"]["classify"]["gene_overlap"]["fraction"] == pytest.approx(0.3)
+
+    ensembl = query.copy()
+    ensembl.var_names = [f"ENSG{i:011d}" for i in range(query.n_vars)]
+    with pytest.raises(GeneMismatchError, match="gene_key="):
+        gs.tl.classify(ensembl, state)
+    with pytest.raises(InputError, match="gene_key='nope'"):
+        gs.tl.classify(query, state, gene_key="nope")
+
+
+def test_log_normalised_and_scaled_input_refused(toy_trained, query):
+    import scanpy as sc
+
+    state = toy_trained.state
+    sc.pp.normalize_total(query, target_sum=1e4)
+    sc.pp.log1p(query)
+    before = query.X.copy()
+    with pytest.raises(InputError, match='layer="counts"'):
+        gs.tl.classify(query, state)
+    assert "ginseng_cell_type" not in query.obs
+    assert (query.X != before).nnz == 0
+    gs.tl.classify(query, state, layer="counts")  # the fix the message names
+    gs.tl.classify(query, state, check_counts=False, key_added="forced")
+    assert "forced_cell_type" in query.obs
+
+    scaled = query.copy()
+    scaled.X = scaled.X.toarray() - 1.0
+    with pytest.raises(InputError, match="negative"):
+        gs.tl.classify(scaled, state)
+
+
+def test_non_integer_counts_pass_with_warning(toy_trained, query, caplog):
+    soup = query.copy()
+    soup.X = soup.X.multiply(0.9).tocsr()  # ambient-corrected counts: fractional, varying totals
+    with caplog.at_level(logging.WARNING, logger="ginseng"):
+        gs.tl.classify(soup, toy_trained.state)
+    assert "non-integer" in caplog.text
+
+
+@pytest.mark.parametrize("kind", ["dense", "backed_r", "backed_r+", "h5ad_path", "zarr_path"])
+def test_inputs_give_identical_results(toy_trained, query, tmp_path, kind):
+    state = toy_trained.state
+    reference = gs.tl.classify(query, state, return_table=True)
+    if kind == "dense":
+        other = query.copy()
+        other.X = other.X.toarray()
+        gs.tl.classify(other, state)
+        result = other.obs
+    elif kind.startswith("backed"):
+        query.write_h5ad(tmp_path / "q.h5ad")
+        other = ad.read_h5ad(tmp_path / "q.h5ad", backed=kind.split("_")[1])
+        gs.tl.classify(other, state)
+        result = other.obs
+        other.file.close()
+    elif kind == "h5ad_path":
+        query.write_h5ad(tmp_path / "q.h5ad")
+        result = gs.tl.classify(tmp_path / "q.h5ad", state).obs
+    else:
+        query.write_zarr(tmp_path / "q.zarr")
+        result = gs.tl.classify(tmp_path / "q.zarr", state).obs
+    pd.testing.assert_series_equal(result["ginseng_cell_type"], reference["ginseng_cell_type"])
+    np.testing.assert_array_equal(result["ginseng_confidence"], reference["ginseng_confidence"])
+
+
+def test_chunk_size_does_not_change_results(toy_trained, query):
+    table = gs.tl.classify(query, toy_trained.state, return_table=True)
+    small = gs.tl.classify(query, toy_trained.state, return_table=True, batch_size=7)
+    pd.testing.assert_frame_equal(table, small)
+
+
+def test_unassigned_threshold(toy_trained, query):
+    gs.tl.classify(query, toy_trained.state)
+    conf = query.obs["ginseng_confidence"].to_numpy()
+    threshold = float(np.quantile(conf, 0.2))
+    gs.tl.classify(query, toy_trained.state, unassigned_threshold=threshold)
+    pred = query.obs["ginseng_cell_type"]
+    assert pred.cat.categories[-1] == "Unassigned"
+    np.testing.assert_array_equal((pred == "Unassigned").to_numpy(), conf < threshold)
+    assert query.uns["ginseng_cell_type_colors"][-1] == "#d3d3d3"
+    assert query.uns["ginseng"]["classify"]["params"]["unassigned_threshold"] == threshold
+    with pytest.raises(InputError, match="unassigned_threshold"):
+        gs.tl.classify(query, toy_trained.state, unassigned_threshold=1.5)
+
+
+def test_majority_vote(toy_trained, query):
+    state = toy_trained.state
+    # Clusters = true types, a few cells of each (20, 10, 5, 2) moved to a mixed cluster.
+    clusters = query.obs["cell_type"].astype(str).to_numpy().copy()
+    sizes = zip(np.unique(clusters), (20, 10, 5, 2), strict=True)
+    mixed = np.concatenate([np.flatnonzero(clusters == t)[:k] for t, k in sizes])
+    clusters[mixed] = "mixed"
+    query.obs["leiden"] = pd.Categorical(clusters)
+    gs.tl.classify(query, state, majority_vote_key="leiden", min_prop=0.6)
+    vote = query.obs["ginseng_majority_vote"].astype(str)
+    pure = clusters != "mixed"
+    assert (vote[pure] == query.obs["cell_type"].astype(str)[pure]).all()
+    assert (vote[~pure] == "Heterogeneous").all()
+    assert len(query.uns["ginseng_majority_vote_colors"]) == len(
+        query.obs["ginseng_majority_vote"].cat.categories
+    )
+    # Without min_prop every cluster takes its most frequent prediction.
+    gs.tl.classify(query, state, majority_vote_key="leiden")
+    pred = query.obs["ginseng_cell_type"].astype(str)
+    top_mixed = pred[~pure].value_counts().index[0]
+    assert (query.obs["ginseng_majority_vote"].astype(str)[~pure] == top_mixed).all()
+    with pytest.raises(InputError, match="'louvain'"):
+        gs.tl.classify(query, state, majority_vote_key="louvain")
+
+
+def test_return_table_leaves_adata_untouched(toy_trained, query, tmp_path):
+    query.write_h5ad(tmp_path / "before.h5ad")
+    table = gs.tl.classify(query, toy_trained.state, return_table=True)
+    query.write_h5ad(tmp_path / "after.h5ad")
+    before, after = ad.read_h5ad(tmp_path / "before.h5ad"), ad.read_h5ad(tmp_path / "after.h5ad")
+    pd.testing.assert_frame_equal(before.obs, after.obs)
+    assert set(after.uns) == set(before.uns) and list(after.obsm) == list(before.obsm)
+    labels = list(toy_trained.state.labels)
+    assert list(table.columns) == ["ginseng_cell_type", "ginseng_confidence", *labels]
+    assert table.index.equals(query.obs_names)
+    np.testing.assert_allclose(
+        table[labels].to_numpy(), _expected(toy_trained.state, query), atol=1e-6
+    )
+
+
+def test_copy_and_h5ad_round_trip(toy_trained, query, tmp_path):
+    out = gs.tl.classify(query, toy_trained.state, copy=True, majority_vote_key="batch")
+    assert "ginseng_cell_type" not in query.obs and "ginseng_cell_type" in out.obs
+    out.write_h5ad(tmp_path / "annotated.h5ad")
+    back = ad.read_h5ad(tmp_path / "annotated.h5ad")
+    pd.testing.assert_frame_equal(back.obs, out.obs)
+    np.testing.assert_array_equal(
+        back.obsm["ginseng_probabilities"], out.obsm["ginseng_probabilities"]
+    )
+    assert (
+        list(back.uns["ginseng"]["classify"]["labels"]) == out.uns["ginseng"]["classify"]["labels"]
+    )
+    assert list(back.uns["ginseng_cell_type_colors"]) == list(out.uns["ginseng_cell_type_colors"])
+
+
+@pytest.mark.parametrize("fmt", ["h5ad", "zarr"])
+def test_write_into_file(toy_trained, query, tmp_path, fmt):
+    from ginseng.data.io import save_model
+
+    path = tmp_path / f"q.{fmt}"
+    getattr(query, f"write_{fmt}")(path)
+    model_path = save_model(toy_trained.state, tmp_path / "model.h5")
+    gs.tl.classify(path, model_path, write=True, store_probabilities=True)
+    back = ad.read_h5ad(path) if fmt == "h5ad" else ad.read_zarr(path)
+    reference = gs.tl.classify(query, toy_trained.state, return_table=True)
+    pd.testing.assert_series_equal(back.obs["ginseng_cell_type"], reference["ginseng_cell_type"])
+    assert (back.X != query.X).nnz == 0 and list(back.obs["cell_type"]) == list(
+        query.obs["cell_type"]
+    )
+    assert back.obsm["ginseng_probabilities"].shape == (query.n_obs, toy_trained.state.n_labels)
+    assert back.uns["ginseng"]["classify"]["params"]["key_added"] == "ginseng"
+
+
+def test_backed_write_needs_r_plus(toy_trained, query, tmp_path):
+    query.write_h5ad(tmp_path / "q.h5ad")
+    backed = ad.read_h5ad(tmp_path / "q.h5ad", backed="r")
+    with pytest.raises(InputError, match="backed='r\\+'"):
+        gs.tl.classify(backed, toy_trained.state, write=True)
+    with pytest.raises(InputError, match="copy=True"):
+        gs.tl.classify(backed, toy_trained.state, copy=True)
+    backed.file.close()
+    backed = ad.read_h5ad(tmp_path / "q.h5ad", backed="r+")
+    gs.tl.classify(backed, toy_trained.state, write=True)
+    backed.file.close()
+    assert "ginseng_cell_type" in ad.read_h5ad(tmp_path / "q.h5ad").obs
+    with pytest.raises(InputError, match="in-memory"):
+        gs.tl.classify(query, toy_trained.state, write=True)
+
+
+def test_seed_api_classify(toy_trained, query):
+    import scanpy as sc
+
+    sc.pp.normalize_total(query, target_sum=1e4)
+    sc.pp.log1p(query)
+    # Seed signature: layer="counts" by default, which this AnnData has.
+    ginseng_table = gs.classify(query, toy_trained.state, return_table=True)
+    assert "ginseng_cell_type" not in query.obs
+    gs.classify(query, toy_trained.state)
+    pd.testing.assert_series_equal(
+        query.obs["ginseng_cell_type"], ginseng_table["ginseng_cell_type"]
+    )
+    # Without a counts layer, counts are taken from X (raw here).
+    raw = ad.AnnData(query.layers["counts"].copy(), obs=query.obs[[]], var=query.var)
+    gs.classify(raw, toy_trained.state)
+    pd.testing.assert_series_equal(raw.obs["ginseng_cell_type"], ginseng_table["ginseng_cell_type"])
