@@ -1,3 +1,15 @@
-"""Plotting: functions return matplotlib Axes."""
+"""Plotting: functions return matplotlib Axes.
 
-__all__: list[str] = []
+matplotlib is imported only when a plot is drawn, so ``import ginseng`` stays light.
+
+- :func:`confusion`: confusion matrix of predicted against true labels (or a model's
+  holdout confusion matrix).
+- :func:`confidence`: calibrated confidence per predicted label, with the Unassigned
+  threshold.
+- :func:`history`: training curves of a model.
+"""
+
+from ._confusion import confusion
+from ._plots import confidence, history
+
+__all__: list[str] = ["confidence", "confusion", "history"]
