@@ -1,4 +1,4 @@
-"""The ``ginseng`` console script.
+"""The ``ginseng`` console script: ``train``, ``annotate``, ``info`` and ``demo``.
 
 Exit codes: 0 success, 2 usage error, 1 any other error (one line on stderr; the
 traceback only with ``--debug``).
@@ -8,64 +8,92 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
-from ._errors import GinsengError
+from ._errors import GinsengError, InputError
+
+
+def _read(path: str, *, backed: bool):
+    from .data.io import read_adata
+
+    # .h5ad inputs stay on disk; other formats have no backed mode.
+    return read_adata(path, backed="r" if backed and str(path).endswith(".h5ad") else None)
+
+
+def _genes(adata, genes: str | None):
+    """``--genes``: a boolean var column, or a text file with one gene name per line."""
+    if genes is None or genes in adata.var.columns:
+        return genes
+    path = Path(genes).expanduser()
+    if path.is_file():
+        names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        return names
+    raise InputError(
+        f"--genes {genes!r} is neither a column of var ({', '.join(adata.var.columns) or 'none'}) "
+        "nor a file of gene names."
+    )
+
+
+def _train(args: argparse.Namespace) -> int:
+    import ginseng as gs
+
+    from .data.io import save_model
+
+    adata = _read(args.input, backed=True)
+    if args.n_top_genes:
+        gs.pp.select_hvgs(adata, n_top_genes=args.n_top_genes, layer=args.layer)
+    state = gs.tl.train(
+        adata,
+        args.labels,
+        layer=args.layer,
+        genes=_genes(adata, args.genes),
+        group_key=args.group,
+        epochs=args.epochs,
+        seed=args.seed,
+    )
+    path = save_model(state, args.out)
+    print(state)
+    print(f"model written to {path}")
+    return 0
+
+
+def _annotate(args: argparse.Namespace) -> int:
+    import ginseng as gs
+
+    adata = _read(args.input, backed=True)
+    options = {
+        "layer": args.layer,
+        "gene_key": args.gene_key,
+        "min_gene_overlap": args.min_gene_overlap,
+        "unassigned_threshold": args.threshold,
+        "majority_vote_key": args.majority_vote,
+        "batch_size": args.batch_size,
+    }
+    table = gs.tl.classify(adata, args.model, return_table=True, **options)
+    if args.table is not None:
+        table.to_csv(args.table)
+        print(f"predictions for {len(table)} cells written to {args.table}")
+    if args.out is not None:
+        # Same options, same model: the results equal the table's; this time into adata.
+        gs.tl.classify(adata, args.model, **options)
+        adata.write_h5ad(args.out)
+        print(f"annotated data written to {args.out}")
+    counts = table["ginseng_cell_type"].value_counts()
+    print("predicted cell types:\n" + counts[counts > 0].to_string())
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from .data.io import load_model
+
+    print(load_model(args.model))
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
-    """Store round trip and training on scanpy's bundled PBMCs, offline."""
-    import anndata as ad
-    import numpy as np
+    from ._demo import run_demo
 
-    import ginseng as gs
-
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    adata = gs.datasets.pbmc68k_counts()
-    print(f"reference: pbmc68k_reduced counts, {adata.n_obs} cells x {adata.n_vars} genes")
-
-    gs.pp.select_hvgs(adata, n_top_genes=args.n_genes)
-    print(f"select_hvgs: {int(adata.var['ginseng_genes'].sum())} genes (seurat_v3)")
-
-    h5ad = out / "pbmc68k_counts.h5ad"
-    adata.write_h5ad(h5ad)
-    backed = ad.read_h5ad(h5ad, backed="r")
-    start = time.perf_counter()
-    ds = gs.data.GinsengDataset.create(
-        out / "pbmc68k.zarr",
-        backed,
-        label_key="bulk_labels",
-        genes="ginseng_genes",
-        overwrite=True,
-    )
-    print(f"store written in {time.perf_counter() - start:.2f} s from the backed file:\n{ds}")
-    realised = ds.make_split(fraction=0.2, seed=0)
-    print(f"split: test fraction {realised:.3f}, label-stratified")
-
-    X, _ = zip(*ds.stream(batch_size=128, split="all", shuffle=False), strict=True)
-    stored = np.vstack(X)
-    source = adata[:, adata.var["ginseng_genes"]].X.toarray()[ds.cell_index]
-    exact = np.array_equal(stored, source)
-    print(f"round trip exact for all {ds.n_cells} cells: {exact}")
-
-    labels = np.concatenate(
-        [y for _, y in ds.stream(batch_size=128, split="train", balance_labels=True, seed=0)]
-    )
-    share = np.bincount(labels, minlength=ds.label_names.size) / labels.size
-    print(f"balanced stream label shares: min {share.min():.3f}, max {share.max():.3f}")
-    if not exact:
-        return 1
-
-    from .data.io import load_model, save_model
-    from .train import GinsengClassifierTrainer, GinsengClassifierTrainerSettings
-
-    settings = GinsengClassifierTrainerSettings(holdout_fraction=0.2, seed=0)
-    _, state = GinsengClassifierTrainer(ds, settings).fit(epochs=args.epochs)
-    save_model(state, out / "pbmc68k_model.h5")
-    print(load_model(out / "pbmc68k_model.h5"))
-    return 0
+    return run_demo(Path(args.out), n_genes=args.n_genes, epochs=args.epochs)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -74,6 +102,48 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser(
+        "train", help="train a classifier on annotated counts and save it (.h5)"
+    )
+    train.add_argument("input", help=".h5ad, AnnData .zarr, 10x .h5/folder or URL")
+    train.add_argument("--labels", required=True, help="obs column with the cell types")
+    train.add_argument("--layer", help="layer with raw counts (default: X)")
+    train.add_argument(
+        "--genes",
+        help="boolean var column or a file with one gene per line (default: "
+        "var['ginseng_genes'] if present, else all genes)",
+    )
+    train.add_argument(
+        "--n-top-genes", type=int, help="select this many highly variable genes first"
+    )
+    train.add_argument("--group", help="obs column of donors/batches (for group holdouts)")
+    train.add_argument("--epochs", type=int, default=10, help="default: %(default)s")
+    train.add_argument("--seed", type=int, default=0, help="default: %(default)s")
+    train.add_argument("--out", default="model.h5", help="model file (default: %(default)s)")
+    train.set_defaults(func=_train)
+
+    annotate = commands.add_parser("annotate", help="annotate cells with a saved model")
+    annotate.add_argument("input", help=".h5ad, AnnData .zarr, 10x .h5/folder or URL")
+    annotate.add_argument("--model", required=True, help="model file from `ginseng train`")
+    annotate.add_argument("--layer", help="layer with raw counts (default: X)")
+    annotate.add_argument("--out", help="write the annotated AnnData here (.h5ad)")
+    annotate.add_argument("--table", help="write predictions here (.csv)")
+    annotate.add_argument(
+        "--threshold", type=float, help="label cells below this confidence 'Unassigned'"
+    )
+    annotate.add_argument("--majority-vote", help="obs column of clusters for majority voting")
+    annotate.add_argument("--gene-key", help="var column with gene names matching the model")
+    annotate.add_argument(
+        "--min-gene-overlap", type=float, default=0.5, help="default: %(default)s"
+    )
+    annotate.add_argument("--batch-size", type=int, help="cells per chunk")
+    annotate.set_defaults(func=_annotate)
+
+    info = commands.add_parser("info", help="print a model file's model card")
+    info.add_argument("model", help="model file (.h5)")
+    info.set_defaults(func=_info)
+
     demo = commands.add_parser("demo", help="offline demo on scanpy's bundled PBMC data")
     demo.add_argument("--out", default="ginseng-demo", help="output folder (default: %(default)s)")
     demo.add_argument(
@@ -88,7 +158,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the ``ginseng`` command line; return its exit code."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "annotate" and args.out is None and args.table is None:
+        parser.error("annotate: give --out annotated.h5ad and/or --table predictions.csv")
     try:
         return args.func(args)
     except (GinsengError, OSError) as err:
