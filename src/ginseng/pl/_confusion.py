@@ -150,6 +150,11 @@ def confusion(
     """
     _check_normalize(normalize)
     if is_model(adata):
+        if true_key is not None:
+            raise InputError(
+                f"true_key={true_key!r} applies to an AnnData; a model's holdout confusion "
+                "matrix uses the labels recorded at training."
+            )
         table, title, xlabel, ylabel = _model_table(resolve_model(adata), normalize)
     else:
         check_adata(adata, "confusion")
