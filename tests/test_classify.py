@@ -304,3 +304,23 @@ def test_seed_api_classify(toy_trained, query):
     raw = ad.AnnData(query.layers["counts"].copy(), obs=query.obs[[]], var=query.var)
     gs.classify(raw, toy_trained.state)
     pd.testing.assert_series_equal(raw.obs["ginseng_cell_type"], ginseng_table["ginseng_cell_type"])
+
+
+def test_duplicated_gene_names_use_first_occurrence(toy_trained, query, caplog):
+    state = toy_trained.state
+    dup = query.copy()
+    dup.var_names = [*query.var_names[:-1], query.var_names[0]]  # last gene renamed to the first
+    with caplog.at_level(logging.WARNING, logger="ginseng"):
+        gs.tl.classify(dup, state)
+    assert "1 gene names occur more than once" in caplog.text
+    aligned = query.X.toarray().copy()
+    aligned[:, -1] = 0  # the model's last gene is now missing
+    np.testing.assert_allclose(
+        dup.obsm["ginseng_probabilities"], state.predict_proba(aligned), atol=1e-6
+    )
+
+
+def test_empty_query(toy_trained, query):
+    empty = query[:0].copy()
+    gs.tl.classify(empty, toy_trained.state)
+    assert empty.obsm["ginseng_probabilities"].shape == (0, toy_trained.state.n_labels)

@@ -102,6 +102,10 @@ def _positions(model_genes: np.ndarray, query_names: Any, strip: bool) -> np.nda
     query = _keys(query_names, strip)
     if query.has_duplicates:
         # The first occurrence wins, as in a dictionary lookup by name.
+        logger.warning(
+            "%d gene names occur more than once in the query; the first occurrence is used",
+            int(query.duplicated().sum()),
+        )
         query = query.where(~query.duplicated(), other="\0duplicate")
     return query.get_indexer(_keys(model_genes, strip)).astype(np.int64)
 
