@@ -324,3 +324,23 @@ def test_empty_query(toy_trained, query):
     empty = query[:0].copy()
     gs.tl.classify(empty, toy_trained.state)
     assert empty.obsm["ginseng_probabilities"].shape == (0, toy_trained.state.n_labels)
+
+
+def test_predictions_plot_with_scanpy_in_stable_colors(toy_trained, query):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import scanpy as sc
+
+    state = toy_trained.state
+    query.obsm["X_umap"] = np.random.default_rng(0).normal(size=(query.n_obs, 2))
+    subset = query[query.obs["cell_type"] != "type_0"].copy()  # a query lacking one type
+    gs.tl.classify(subset, state)
+    colors = list(subset.uns["ginseng_cell_type_colors"])
+    gs.tl.classify(query, state)
+    # The same label has the same colour whichever labels a dataset contains.
+    assert colors == list(query.uns["ginseng_cell_type_colors"])
+    ax = sc.pl.umap(subset, color="ginseng_cell_type", show=False)
+    assert list(subset.uns["ginseng_cell_type_colors"]) == colors  # scanpy kept ours
+    plt.close(ax.figure)
