@@ -344,3 +344,20 @@ def test_predictions_plot_with_scanpy_in_stable_colors(toy_trained, query):
     ax = sc.pl.umap(subset, color="ginseng_cell_type", show=False)
     assert list(subset.uns["ginseng_cell_type_colors"]) == colors  # scanpy kept ours
     plt.close(ax.figure)
+
+
+def test_alignment_take_equals_selector_product():
+    from ginseng.data._align import align_genes
+
+    rng = np.random.default_rng(3)
+    query_genes = np.array([f"g{i}" for i in range(40)])
+    model_genes = np.concatenate([rng.permutation(query_genes)[:30], ["absent1", "absent2"]])
+    alignment = align_genes(model_genes, pd.DataFrame(index=query_genes), min_overlap=0.5)
+    chunk = sp.random(25, 40, density=0.3, format="csr", random_state=4)
+    chunk.data = np.round(chunk.data * 50)
+    taken = alignment.take(chunk).toarray()
+    np.testing.assert_array_equal(taken, (chunk @ alignment.selector()).toarray())
+    np.testing.assert_array_equal(
+        taken[:, :30], chunk.toarray()[:, [int(g[1:]) for g in model_genes[:30]]]
+    )
+    assert not taken[:, 30:].any()

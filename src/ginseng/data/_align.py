@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -74,12 +75,34 @@ class GeneAlignment:
     def fraction(self) -> float:
         return self.n_found / max(self.n_model_genes, 1)
 
-    def selector(self) -> sp.csr_matrix:
-        """0/1 matrix (query genes x model genes): ``chunk @ selector`` is the aligned chunk.
+    def take(self, chunk: sp.csr_matrix) -> sp.csr_matrix:
+        """The chunk's columns in model order: reordered, extras dropped, missing genes zero.
 
-        One sparse product reorders, drops extra genes and zero-fills missing ones, and
-        keeps count values exact (each is multiplied by 1).
+        Values are copied, never computed, so counts stay exact. Column indices within a
+        row come out in the query's order, which scipy accepts (unsorted CSR).
         """
+        column_of = self._model_column_of_query
+        if column_of is None:  # two model genes share a query column
+            return sp.csr_matrix(chunk @ self.selector())
+        target = column_of[chunk.indices]
+        keep = target >= 0
+        kept_before = np.concatenate([[0], np.cumsum(keep)])
+        return sp.csr_matrix(
+            (chunk.data[keep], target[keep], kept_before[chunk.indptr]),
+            shape=(chunk.shape[0], self.n_model_genes),
+        )
+
+    @cached_property
+    def _model_column_of_query(self) -> np.ndarray | None:
+        found = np.flatnonzero(self.positions >= 0)
+        if np.unique(self.positions[found]).size < found.size:
+            return None
+        column_of = np.full(self.n_query_genes, -1, np.int64)
+        column_of[self.positions[found]] = found
+        return column_of
+
+    def selector(self) -> sp.csr_matrix:
+        """0/1 matrix (query genes x model genes): ``chunk @ selector`` is the aligned chunk."""
         found = np.flatnonzero(self.positions >= 0)
         return sp.csr_matrix(
             (np.ones(found.size, np.float32), (self.positions[found], found)),

@@ -159,7 +159,6 @@ def classify(
     alignment = align_genes(
         state.genes, target.var, gene_key=gene_key, min_overlap=min_gene_overlap
     )
-    selector = alignment.selector()
     keep_proba = store_probabilities or return_table
     n = target.n_obs
     codes = np.empty(n, np.int32)
@@ -173,7 +172,7 @@ def classify(
                 check_raw_counts(chunk, where=query.where, layers=query.layers)
             elif check_counts:
                 _check_negative(chunk, where=query.where)
-            p = state.predict_proba(chunk @ selector)
+            p = state.predict_proba(alignment.take(chunk))
             codes[rows] = p.argmax(axis=1)
             confidence[rows] = p[np.arange(len(p)), codes[rows]]
             if proba is not None:

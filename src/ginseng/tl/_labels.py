@@ -13,6 +13,23 @@ HETEROGENEOUS = "Heterogeneous"
 _RESERVED_COLORS = {_keys.UNASSIGNED: "#d3d3d3", HETEROGENEOUS: "#808080"}
 
 
+def _palette(n: int) -> list[str]:
+    """``n`` distinct hex colours from matplotlib's categorical colour maps.
+
+    tab20's saturated half first (that is tab10, scanpy's first colours), then its light
+    half, then tab20b and tab20c; beyond 60 labels, evenly spaced along ``turbo``.
+    matplotlib is imported rather than scanpy, which costs ~2 s in a fresh process.
+    """
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+
+    tab20 = colormaps["tab20"].colors
+    colors = [*tab20[0::2], *tab20[1::2], *colormaps["tab20b"].colors, *colormaps["tab20c"].colors]
+    if n > len(colors):
+        colors = colormaps["turbo"](np.linspace(0.05, 0.95, n))
+    return [to_hex(c) for c in colors[:n]]
+
+
 def label_colors(categories: list[str], model_labels: list[str]) -> list[str]:
     """One hex colour per category, fixed by the label's position in the model.
 
@@ -20,20 +37,9 @@ def label_colors(categories: list[str], model_labels: list[str]) -> list[str]:
     instead gives a cell type the same colour in every dataset annotated by the same
     model, whichever labels a dataset happens to contain.
     """
-    from scanpy.plotting import palettes
-
-    n = len(model_labels)
-    if n <= 20:
-        palette = palettes.default_20
-    elif n <= 28:
-        palette = palettes.default_28
-    else:
-        palette = palettes.default_102
+    palette = _palette(len(model_labels))
     index = {label: i for i, label in enumerate(model_labels)}
-    return [
-        _RESERVED_COLORS.get(c) or (palette[index[c]] if index.get(c, n) < len(palette) else "grey")
-        for c in categories
-    ]
+    return [_RESERVED_COLORS.get(c) or palette[index[c]] for c in categories]
 
 
 def assign_labels(
