@@ -1,6 +1,8 @@
 """Data: reading inputs and the on-disk GinsengDataset store."""
 
-__all__ = ["GinsengDataset"]
+from importlib import import_module
+
+__all__ = ["GinsengDataset", "io"]
 
 
 def __getattr__(name: str):
@@ -9,4 +11,6 @@ def __getattr__(name: str):
         from .dataset import GinsengDataset
 
         return GinsengDataset
+    if name == "io":
+        return import_module(".io", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -174,6 +174,7 @@ def confusion(
     values = table.to_numpy()
     vmax = 1.0 if normalize in ("true", "pred") else max(float(values.max()), 1e-12)
     image = ax.imshow(values, cmap=cmap, vmin=0, vmax=vmax, aspect="auto", interpolation="none")
+    ax.grid(False)  # scanpy's set_figure_params turns grids on, which would cross the cells
     ax.set_xticks(range(n_cols), table.columns, rotation=45, ha="right", rotation_mode="anchor")
     ax.set_yticks(range(n_rows), table.index)
     ax.set_xlabel(xlabel)

@@ -132,6 +132,7 @@ def confidence(
     ax.set_ylabel("calibrated confidence")
     ax.set_xlabel("predicted label" if groupby is None else groupby)
     ax.set_title(f"Confidence per {'predicted label' if groupby is None else groupby}")
+    ax.grid(False)  # scanpy's set_figure_params turns grids on; only the y grid helps here
     ax.grid(axis="y", alpha=0.3)
     finish(fig, created=created, show=show, save=save)
     return ax

@@ -17,7 +17,7 @@ def _palette(n: int) -> list[str]:
     """``n`` distinct hex colours from matplotlib's categorical colour maps.
 
     tab20's saturated half first (that is tab10, scanpy's first colours), then its light
-    half, then tab20b and tab20c; beyond 60 labels, evenly spaced along ``turbo``.
+    half, then tab20b and tab20c, greys left out; beyond that, evenly spaced along ``turbo``.
     matplotlib is imported rather than scanpy, which costs ~2 s in a fresh process.
     """
     from matplotlib import colormaps
@@ -25,6 +25,8 @@ def _palette(n: int) -> list[str]:
 
     tab20 = colormaps["tab20"].colors
     colors = [*tab20[0::2], *tab20[1::2], *colormaps["tab20b"].colors, *colormaps["tab20c"].colors]
+    # Greys are reserved for Unassigned and Heterogeneous.
+    colors = [c for c in colors if not (c[0] == c[1] == c[2])]
     if n > len(colors):
         colors = colormaps["turbo"](np.linspace(0.05, 0.95, n))
     return [to_hex(c) for c in colors[:n]]
