@@ -78,28 +78,20 @@ class GeneAlignment:
     def take(self, chunk: sp.csr_matrix) -> sp.csr_matrix:
         """The chunk's columns in model order: reordered, extras dropped, missing genes zero.
 
-        Values are copied, never computed, so counts stay exact. Column indices within a
-        row come out in the query's order, which scipy accepts (unsorted CSR).
+        Values are copied, never computed, so counts stay exact. scipy's column indexing
+        picks the found genes (in C, faster than a selector product); their columns are
+        then renumbered to the model's positions, leaving the missing ones empty.
         """
-        column_of = self._model_column_of_query
-        if column_of is None:  # two model genes share a query column
-            return sp.csr_matrix(chunk @ self.selector())
-        target = column_of[chunk.indices]
-        keep = target >= 0
-        kept_before = np.concatenate([[0], np.cumsum(keep)])
+        found = self._found
+        picked = chunk[:, self.positions[found]]
         return sp.csr_matrix(
-            (chunk.data[keep], target[keep], kept_before[chunk.indptr]),
+            (picked.data, found[picked.indices].astype(picked.indices.dtype), picked.indptr),
             shape=(chunk.shape[0], self.n_model_genes),
         )
 
     @cached_property
-    def _model_column_of_query(self) -> np.ndarray | None:
-        found = np.flatnonzero(self.positions >= 0)
-        if np.unique(self.positions[found]).size < found.size:
-            return None
-        column_of = np.full(self.n_query_genes, -1, np.int64)
-        column_of[self.positions[found]] = found
-        return column_of
+    def _found(self) -> np.ndarray:
+        return np.flatnonzero(self.positions >= 0)
 
     def selector(self) -> sp.csr_matrix:
         """0/1 matrix (query genes x model genes): ``chunk @ selector`` is the aligned chunk."""
