@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ._errors import InputError
+
 
 def _default_cache_dir() -> Path:
     if explicit := os.environ.get("GINSENG_CACHE_DIR"):
@@ -30,6 +32,24 @@ class GinsengSettings:
         memory of chunked work grows with it, not with the number of cells.
     cache_dir
         Where files given by URL are downloaded to (once).
+
+    Examples
+    --------
+    The one instance is ``ginseng.settings``:
+
+    >>> import ginseng as gs
+    >>> gs.settings.verbosity = 2  # log progress messages and timings
+    >>> gs.settings.progress_bar = False
+    >>> gs.settings.chunk_size = 5_000
+    >>> gs.settings  # doctest: +ELLIPSIS
+    GinsengSettings(verbosity=2, progress_bar=False, chunk_size=5000, cache_dir=...)
+
+    Values are checked when set:
+
+    >>> gs.settings.chunk_size = 0
+    Traceback (most recent call last):
+    ...
+    ginseng._errors.InputError: chunk_size must be a positive integer, got 0
     """
 
     _verbosity: int = 1
@@ -46,7 +66,7 @@ class GinsengSettings:
     def verbosity(self, value: int) -> None:
         levels = {0: logging.ERROR, 1: logging.WARNING, 2: logging.INFO, 3: logging.DEBUG}
         if value not in levels:
-            raise ValueError(f"verbosity must be one of {sorted(levels)}, got {value!r}")
+            raise InputError(f"verbosity must be one of {sorted(levels)}, got {value!r}")
         self._verbosity = value
         logging.getLogger("ginseng").setLevel(levels[value])
 
@@ -54,7 +74,7 @@ class GinsengSettings:
         if name == "cache_dir":
             value = Path(value).expanduser()
         elif name == "chunk_size" and (not isinstance(value, int) or value < 1):
-            raise ValueError(f"chunk_size must be a positive integer, got {value!r}")
+            raise InputError(f"chunk_size must be a positive integer, got {value!r}")
         super().__setattr__(name, value)
 
     def __repr__(self) -> str:

@@ -25,6 +25,10 @@ def pbmc68k_counts() -> AnnData:
     >>> adata = gs.datasets.pbmc68k_counts()
     >>> adata.shape
     (700, 765)
+    >>> int(adata.layers["counts"].max())
+    259
+    >>> adata.obs["bulk_labels"].cat.categories[:2].tolist()
+    ['CD4+/CD25 T Reg', 'CD4+/CD45RA+/CD25- Naive T']
     """
     import scanpy as sc
 

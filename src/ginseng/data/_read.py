@@ -103,8 +103,20 @@ def read_adata(
 
     Examples
     --------
+    An ``.h5ad`` file, kept on disk, and an AnnData ``.zarr`` store, read in memory
+    (``adata`` holds raw counts, see :func:`ginseng.datasets.pbmc68k_counts`):
+
     >>> from ginseng.data.io import read_adata
-    >>> adata = read_adata("data.h5ad", backed="r")  # doctest: +SKIP
+    >>> adata.write_h5ad(tmp / "data.h5ad")
+    >>> backed = read_adata(tmp / "data.h5ad", backed="r")
+    >>> backed.isbacked, backed.shape
+    (True, (700, 765))
+    >>> adata.write_zarr(tmp / "data.zarr")
+    >>> read_adata(tmp / "data.zarr").shape
+    (700, 765)
+
+    Cell Ranger output and URLs (downloaded once into ``ginseng.settings.cache_dir``):
+
     >>> pbmc = read_adata("~/data/filtered_feature_bc_matrix.h5")  # doctest: +SKIP
     >>> pbmc = read_adata("~/data/filtered_feature_bc_matrix/")  # doctest: +SKIP
     >>> ref = read_adata("https://example.org/reference.h5ad", backed="r")  # doctest: +SKIP

@@ -52,20 +52,21 @@ class GinsengDataset:
 
     Examples
     --------
-    >>> import anndata as ad, numpy as np, pandas as pd
+    A store of the raw counts in ``reference`` (:func:`ginseng.datasets.pbmc68k_counts`,
+    labels in ``obs["bulk_labels"]``), split, streamed and reopened:
+
     >>> from ginseng.data import GinsengDataset
-    >>> rng = np.random.default_rng(0)
-    >>> adata = ad.AnnData(
-    ...     rng.poisson(1.0, (300, 50)).astype(np.float32),
-    ...     obs=pd.DataFrame({"cell_type": rng.choice(["B", "T"], 300)}),
-    ... )
-    >>> ds = GinsengDataset.create(tmp_path / "toy.zarr", adata, label_key="cell_type")
-    >>> ds.n_cells, ds.n_genes, list(ds.label_names)
-    (300, 50, ['B', 'T'])
+    >>> ds = GinsengDataset.create(tmp / "reference.zarr", reference, "bulk_labels")
+    >>> ds.n_cells, ds.n_genes, ds.label_names[:2].tolist()
+    (350, 765, ['CD4+/CD25 T Reg', 'CD4+/CD45RA+/CD25- Naive T'])
     >>> realised = ds.make_split(fraction=0.1)
+    >>> sorted(ds.splits)
+    ['test', 'train']
     >>> X, y = next(ds.stream(batch_size=64))
     >>> X.shape, X.dtype, y.dtype
-    ((64, 50), dtype('float32'), dtype('int32'))
+    ((64, 765), dtype('float32'), dtype('int32'))
+    >>> GinsengDataset(tmp / "reference.zarr").n_cells
+    350
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
@@ -133,6 +134,27 @@ class GinsengDataset:
             ``genes`` column that is missing or not boolean, zero genes, negative or
             non-finite values, an empty AnnData, an existing ``path`` without
             ``overwrite=True``.
+
+        Examples
+        --------
+        The highly variable genes of the counts in ``layers["counts"]``, with the cell
+        cycle ``phase`` standing in for a batch column:
+
+        >>> import ginseng as gs
+        >>> from ginseng.data import GinsengDataset
+        >>> gs.pp.select_hvgs(adata, n_top_genes=300, layer="counts")
+        >>> ds = GinsengDataset.create(
+        ...     tmp / "hvg.zarr",
+        ...     adata,
+        ...     "bulk_labels",
+        ...     layer="counts",
+        ...     genes="ginseng_genes",
+        ...     group_key="phase",
+        ... )
+        >>> ds.n_cells, ds.n_genes, ds.group_names.tolist()
+        (700, 300, ['G1', 'G2M', 'S'])
+        >>> ds.counts_dtype
+        dtype('uint16')
         """
         from ._create import create_store
 
@@ -260,6 +282,22 @@ class GinsengDataset:
         The realised test fraction (also logged and stored in the split's attributes).
         Writes ``splits/train`` and ``splits/test`` into the store, replacing an earlier
         split.
+
+        Examples
+        --------
+        >>> from ginseng.data import GinsengDataset
+        >>> ds = GinsengDataset.create(
+        ...     tmp / "ref.zarr", reference, "bulk_labels", group_key="phase"
+        ... )
+        >>> realised = ds.make_split(fraction=0.2, seed=1)
+        >>> ds.splits["train"].size + ds.splits["test"].size
+        350
+
+        Whole groups on one side (no batch or donor in both):
+
+        >>> realised = ds.make_split(fraction=0.3, stratify_group=True)
+        >>> len(set(ds.groups[ds.splits["test"]]) & set(ds.groups[ds.splits["train"]]))
+        0
         """
         if not 0 < fraction < 1:
             raise InputError(f"fraction must be in (0, 1), got {fraction}.")
@@ -373,6 +411,20 @@ class GinsengDataset:
             ``float32`` array ``(batch_size, n_genes)`` of raw counts.
         y
             ``int32`` array ``(batch_size,)`` of label codes (see :attr:`label_names`).
+
+        Examples
+        --------
+        >>> from ginseng.data import GinsengDataset
+        >>> ds = GinsengDataset.create(tmp / "ref.zarr", reference, "bulk_labels")
+        >>> batches = list(ds.stream(batch_size=100, split="all", shuffle=False))
+        >>> [X.shape[0] for X, y in batches]  # evaluation order keeps the last batch
+        [100, 100, 100, 50]
+
+        Training batches with every label equally likely (rare cells repeat):
+
+        >>> X, y = next(ds.stream(batch_size=64, split="all", balance_labels=True, seed=0))
+        >>> X.shape, y.shape
+        ((64, 765), (64,))
         """
         if batch_size < 1:
             raise InputError(f"batch_size must be a positive integer, got {batch_size}.")

@@ -66,9 +66,13 @@ def save_model(state: GinsengModelState, path: str | os.PathLike) -> Path:
 
     Examples
     --------
-    >>> from ginseng.data.io import save_model, load_model
-    >>> save_model(state, "model.h5")  # doctest: +SKIP
-    >>> state = load_model("model.h5")  # doctest: +SKIP
+    ``state`` is a model trained with :func:`ginseng.tl.train`:
+
+    >>> from ginseng.data.io import load_model, save_model
+    >>> save_model(state, tmp / "model.h5")  # doctest: +ELLIPSIS
+    PosixPath('.../model.h5')
+    >>> load_model(tmp / "model.h5").labels.tolist() == state.labels.tolist()
+    True
     """
     if not isinstance(state, GinsengModelState):
         raise InputError(f"save_model expects a GinsengModelState, got {type(state).__name__}.")
@@ -126,6 +130,21 @@ def load_model(path: str | os.PathLike) -> GinsengModelState:
     ModelFormatError
         If the file is missing, not HDF5, truncated, not a ginseng model, lacks a part,
         or was written by a newer ginseng (the message names the version).
+
+    Examples
+    --------
+    A model saved from ``state`` (trained with :func:`ginseng.tl.train`), loaded and used
+    to annotate ``query``, raw counts of other cells:
+
+    >>> import ginseng as gs
+    >>> from ginseng.data.io import load_model, save_model
+    >>> path = save_model(state, tmp / "model.h5")
+    >>> model = load_model(path)
+    >>> model.n_genes, model.n_labels
+    (765, 10)
+    >>> gs.tl.classify(query, model)
+    >>> query.obs["ginseng_cell_type"].size
+    350
     """
     path = Path(path)
     if not path.is_file():

@@ -139,14 +139,28 @@ def confusion(
 
     Examples
     --------
+    ``query`` holds raw counts with known labels in ``obs["bulk_labels"]``, annotated
+    with ``state``, a model trained with :func:`ginseng.tl.train`:
+
     >>> import ginseng as gs
-    >>> gs.tl.classify(adata, "model.h5")  # doctest: +SKIP
-    >>> gs.pl.confusion(adata, "cell_type")  # doctest: +SKIP
-    >>> gs.pl.confusion(adata, "cell_type", normalize=None, show=False)  # doctest: +SKIP
+    >>> gs.tl.classify(query, state, layer="counts")
+    >>> ax = gs.pl.confusion(query, "bulk_labels")
+    >>> ax.get_xlabel(), ax.get_ylabel()
+    ('predicted (ginseng_cell_type)', 'true (bulk_labels)')
 
-    The holdout confusion matrix of a trained model:
+    Cell counts instead of fractions, drawn into axes of one's own figure:
 
-    >>> gs.pl.confusion("model.h5")  # doctest: +SKIP
+    >>> import matplotlib.pyplot as plt
+    >>> fig, ax = plt.subplots()
+    >>> ax = gs.pl.confusion(query, "bulk_labels", normalize=None, ax=ax)
+    >>> int(ax.images[0].get_array().sum())  # every cell of query
+    350
+
+    The holdout confusion matrix of a trained model (or of a model file), saved:
+
+    >>> ax = gs.pl.confusion(state, show=False, save=tmp / "holdout.png")
+    >>> (tmp / "holdout.png").exists()
+    True
     """
     _check_normalize(normalize)
     if is_model(adata):

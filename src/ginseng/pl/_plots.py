@@ -77,10 +77,20 @@ def confidence(
 
     Examples
     --------
+    ``query`` holds raw counts, annotated with ``state``, a model trained with
+    :func:`ginseng.tl.train`:
+
     >>> import ginseng as gs
-    >>> gs.tl.classify(adata, "model.h5", unassigned_threshold=0.5)  # doctest: +SKIP
-    >>> gs.pl.confidence(adata)  # doctest: +SKIP
-    >>> gs.pl.confidence(adata, groupby="leiden", show=False)  # doctest: +SKIP
+    >>> gs.tl.classify(query, state, layer="counts", unassigned_threshold=0.5)
+    >>> ax = gs.pl.confidence(query)
+    >>> ax.get_ylabel()
+    'calibrated confidence'
+
+    Grouped by known labels or clusters instead of the predicted label:
+
+    >>> ax = gs.pl.confidence(query, groupby="bulk_labels", show=False)
+    >>> len(ax.get_xticklabels())  # one violin per label
+    10
     """
     check_adata(adata, "confidence")
     label_key, conf_key = f"{key_added}_cell_type", f"{key_added}_confidence"
@@ -184,10 +194,17 @@ def history(
 
     Examples
     --------
+    ``state`` is a model trained with :func:`ginseng.tl.train` (two epochs here):
+
     >>> import ginseng as gs
-    >>> gs.pl.history("model.h5")  # doctest: +SKIP
-    >>> model, state = trainer.fit(20)  # doctest: +SKIP
-    >>> loss_ax, metric_ax = gs.pl.history(state, show=False)  # doctest: +SKIP
+    >>> loss_ax, metric_ax = gs.pl.history(state)
+    >>> [line.get_label() for line in loss_ax.get_lines()][:2]
+    ['train loss', 'holdout loss']
+
+    From a model file, saved as an image:
+
+    >>> model_path = gs.data.io.save_model(state, tmp / "model.h5")
+    >>> axes = gs.pl.history(model_path, show=False, save=tmp / "history.png")
     """
     state = resolve_model(model)
     record = state.history or {}

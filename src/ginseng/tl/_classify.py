@@ -134,13 +134,51 @@ def classify(
 
     Examples
     --------
+    ``state`` is a model trained on ``reference`` (see :func:`ginseng.tl.train`);
+    ``query`` holds the raw counts of other cells, also in ``layers["counts"]``:
+
     >>> import ginseng as gs
-    >>> gs.tl.classify(adata, "model.h5", layer="counts")  # doctest: +SKIP
-    >>> adata.obs[["ginseng_cell_type", "ginseng_confidence"]].head()  # doctest: +SKIP
+    >>> gs.tl.classify(query, state, layer="counts")
+    >>> query.obs[["ginseng_cell_type", "ginseng_confidence"]].dtypes
+    ginseng_cell_type     category
+    ginseng_confidence     float32
+    dtype: object
+    >>> list(query.obs["ginseng_cell_type"].cat.categories)[:2]
+    ['CD4+/CD25 T Reg', 'CD4+/CD45RA+/CD25- Naive T']
+    >>> query.obsm["ginseng_probabilities"].shape
+    (350, 10)
+    >>> overlap = query.uns["ginseng"]["classify"]["gene_overlap"]
+    >>> overlap["n_found"], overlap["fraction"]
+    (765, 1.0)
+
+    Cells below a confidence threshold become ``"Unassigned"``, and each cluster (here
+    the ``louvain`` clusters that come with the data, usually ``sc.tl.leiden``'s) gets
+    its most frequent label:
+
     >>> gs.tl.classify(
-    ...     adata, state, layer="counts", unassigned_threshold=0.5, majority_vote_key="leiden"
-    ... )  # doctest: +SKIP
-    >>> table = gs.tl.classify("query.h5ad", state, return_table=True)  # doctest: +SKIP
+    ...     query, state, layer="counts", unassigned_threshold=0.5, majority_vote_key="louvain"
+    ... )
+    >>> "Unassigned" in query.obs["ginseng_cell_type"].cat.categories
+    True
+    >>> query.obs["ginseng_majority_vote"].dtype.name
+    'category'
+
+    The results as a table, leaving the AnnData untouched:
+
+    >>> table = gs.tl.classify(reference, state, return_table=True)
+    >>> table.columns[:3].tolist()
+    ['ginseng_cell_type', 'ginseng_confidence', 'CD4+/CD25 T Reg']
+    >>> "ginseng_cell_type" in reference.obs
+    False
+
+    A file, read out of core and annotated in place, with the model from its file:
+
+    >>> from ginseng.data.io import save_model
+    >>> model_path = save_model(state, tmp / "model.h5")
+    >>> adata.write_h5ad(tmp / "pbmc.h5ad")
+    >>> annotated = gs.tl.classify(tmp / "pbmc.h5ad", model_path, layer="counts", write=True)
+    >>> annotated.isbacked, annotated.obs["ginseng_cell_type"].size
+    (True, 700)
     """
     state = _resolve_model(model)
     _check_options(adata, return_table, copy, write, unassigned_threshold, key_added)

@@ -105,11 +105,32 @@ def select_hvgs(
 
     Examples
     --------
-    >>> import anndata as ad
+    ``adata`` holds raw counts (:func:`ginseng.datasets.pbmc68k_counts`), also in
+    ``layers["counts"]`` as after the usual scanpy preprocessing:
+
     >>> import ginseng as gs
-    >>> adata = ad.read_h5ad("counts.h5ad", backed="r")  # doctest: +SKIP
-    >>> gs.pp.select_hvgs(adata, n_top_genes=2000, batch_key="batch")  # doctest: +SKIP
-    >>> adata.var_names[adata.var["ginseng_genes"]]  # doctest: +SKIP
+    >>> gs.pp.select_hvgs(adata, n_top_genes=200, layer="counts")
+    >>> int(adata.var["ginseng_genes"].sum())
+    200
+    >>> adata.var["ginseng_hvg_rank"].nsmallest(3).index.tolist()
+    ['MZB1', 'IGJ', 'IGLL5']
+    >>> adata.uns["ginseng"]["select_hvgs"]["params"]["n_top_genes"]
+    200
+
+    Genes ranked within batches, on a file read out of core:
+
+    >>> import anndata as ad
+    >>> adata.write_h5ad(tmp / "counts.h5ad")
+    >>> backed = ad.read_h5ad(tmp / "counts.h5ad", backed="r")
+    >>> gs.pp.select_hvgs(backed, n_top_genes=200, batch_key="phase")
+    >>> int(backed.var["ginseng_genes"].sum())
+    200
+
+    The statistics as a table, leaving ``adata`` untouched:
+
+    >>> table = gs.pp.select_hvgs(adata, n_top_genes=200, inplace=False)
+    >>> table.columns.tolist()
+    ['means', 'variances', 'variances_norm', 'rank', 'selected']
     """
     if not isinstance(adata, AnnData):
         raise InputError(f"select_hvgs expects an AnnData, got {type(adata).__name__}.")
