@@ -34,6 +34,15 @@ def make_toy_adata(n_cells=600, n_genes=50, n_types=4, seed=0, sparse=True) -> a
     return ad.AnnData(sp.csr_matrix(X) if sparse else X, obs=obs, var=var)
 
 
+@pytest.fixture(autouse=True)
+def _no_progress_bars():
+    """Progress bars off in every test (they would only clutter captured output)."""
+    before = gs.settings.progress_bar
+    gs.settings.progress_bar = False
+    yield
+    gs.settings.progress_bar = before
+
+
 # Small and quick, yet enough steps to separate the toy types.
 TOY_SETTINGS = {"hidden_dim": 32, "batch_size": 32, "upper": 10, "seed": 0}
 TOY_EPOCHS = 8

@@ -14,14 +14,6 @@ import ginseng as gs
 from ginseng import GeneMismatchError, InputError
 
 
-@pytest.fixture(autouse=True)
-def _quiet():
-    before = gs.settings.progress_bar
-    gs.settings.progress_bar = False
-    yield
-    gs.settings.progress_bar = before
-
-
 @pytest.fixture
 def query(toy_trained):
     """300 of the toy cells (a fresh copy), counts in X and in layers["counts"]."""

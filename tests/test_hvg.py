@@ -34,14 +34,6 @@ def _load_synthetic():
 synthetic = _load_synthetic()
 
 
-@pytest.fixture(autouse=True)
-def _no_progress_bar():
-    before = gs.settings.progress_bar
-    gs.settings.progress_bar = False
-    yield
-    gs.settings.progress_bar = before
-
-
 @pytest.fixture(scope="module")
 def pbmc() -> ad.AnnData:
     """pbmc68k_reduced with its raw counts recovered (700 cells x 765 genes)."""

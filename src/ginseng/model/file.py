@@ -226,3 +226,14 @@ def _read(f: h5py.File) -> GinsengModelState:
             f"unexpected {extra[:5]}, wrong shape {wrong[:5]})"
         )
     return state
+
+
+def as_model_state(model: GinsengModelState | str | os.PathLike) -> GinsengModelState:
+    """Return ``model`` if it is a :class:`GinsengModelState`, else load the model file at that path."""
+    if isinstance(model, GinsengModelState):
+        return model
+    if isinstance(model, str | os.PathLike):
+        return load_model(model)
+    raise InputError(
+        f"Expected a GinsengModelState or the path of a model file, got {type(model).__name__}."
+    )

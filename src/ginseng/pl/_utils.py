@@ -24,17 +24,9 @@ def is_model(obj: Any) -> bool:
 
 def resolve_model(model: Any):
     """Return the :class:`~ginseng.model.GinsengModelState` for a state or a model-file path."""
-    from ..model.state import GinsengModelState
+    from ..model.file import as_model_state
 
-    if isinstance(model, GinsengModelState):
-        return model
-    if isinstance(model, str | os.PathLike):
-        from ..model.file import load_model
-
-        return load_model(model)
-    raise InputError(
-        f"Expected a GinsengModelState or the path of a model file, got {type(model).__name__}."
-    )
+    return as_model_state(model)
 
 
 def check_adata(adata: Any, func: str) -> None:

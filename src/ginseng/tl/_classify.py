@@ -180,7 +180,9 @@ def classify(
     >>> annotated.isbacked, annotated.obs["ginseng_cell_type"].size
     (True, 700)
     """
-    state = _resolve_model(model)
+    from ..model.file import as_model_state
+
+    state = as_model_state(model)
     _check_options(adata, return_table, copy, write, unassigned_threshold, key_added)
     batch_size = settings.chunk_size if batch_size is None else batch_size
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -281,20 +283,6 @@ def _names(key_added: str) -> dict[str, str]:
         "probabilities": f"{key_added}_probabilities",
         "majority_vote": f"{key_added}_majority_vote",
     }
-
-
-def _resolve_model(model: Any):
-    from ..model.state import GinsengModelState
-
-    if isinstance(model, GinsengModelState):
-        return model
-    if isinstance(model, str | os.PathLike):
-        from ..data.io import load_model
-
-        return load_model(model)
-    raise InputError(
-        f"model must be a GinsengModelState or the path of a model file, got {type(model).__name__}."
-    )
 
 
 def _check_options(adata, return_table, copy, write, threshold, key_added) -> None:
