@@ -14,7 +14,13 @@ from scipy.special import softmax
 
 from ginseng import InputError
 from ginseng.model import GinsengClassifier
-from ginseng.model.network import build_model, count_params, flat_params, network_config
+from ginseng.model.network import (
+    build_model,
+    count_params,
+    flat_params,
+    network_config,
+    random_uniform,
+)
 from ginseng.model.state import param_shapes
 from ginseng.train import augment
 from ginseng.train.augment import Augmentation
@@ -54,6 +60,27 @@ def test_forward_eval_is_deterministic_and_dropout_uses_the_key():
     np.testing.assert_array_equal(a, model(x, key=jax.random.key(1)))
 
 
+def test_weights_are_lecun_scaled_and_fixed_by_the_seed():
+    cfg = network_config(400, 5, hidden_dim=64)
+    a, b = (flat_params(GinsengClassifier(cfg, rngs=nnx.Rngs(4))) for _ in range(2))
+    c = flat_params(GinsengClassifier(cfg, rngs=nnx.Rngs(5)))
+    kernel = a["blocks/0/linear/kernel"]
+    np.testing.assert_array_equal(kernel, b["blocks/0/linear/kernel"])
+    assert not np.array_equal(kernel, c["blocks/0/linear/kernel"])
+    assert kernel.var() == pytest.approx(1 / 400, rel=0.05)
+    assert a["head/kernel"].var() == pytest.approx(1 / 64, rel=0.2)
+    # dropout keeps each unit with probability 1 - rate and rescales the kept ones
+    model = GinsengClassifier(
+        network_config(30, 3, hidden_dim=512, dropout_rate=0.25), rngs=nnx.Rngs(0)
+    )
+    h = jnp.ones((64, 512))
+    out = np.asarray(model.blocks[1](h, jax.random.key(3)))
+    full = np.asarray(model.blocks[1](h, None))
+    kept = out != 0
+    assert kept.mean() == pytest.approx(0.75, abs=0.01)
+    np.testing.assert_allclose(out[kept], (full / 0.75)[kept], rtol=1e-5)
+
+
 @pytest.mark.parametrize("normalize", [True, False])
 def test_preprocessing_normalises_then_log1p(normalize):
     cfg = network_config(4, 2, normalize=normalize, target_sum=100.0, standardize=False)
@@ -90,6 +117,36 @@ def test_thinning_keeps_each_count_with_probability_one_minus_rate():
         assert out.var() == pytest.approx(value * rate * (1 - rate), rel=0.1)
     zeros = np.asarray(thin(KEY, jnp.zeros((400, 100)), 0.1))
     assert not zeros.any()
+
+
+def test_hash_uniforms_are_uniform_and_independent_across_rows_and_keys():
+    u = np.asarray(jax.jit(random_uniform, static_argnums=1)(KEY, (512, 1000)))
+    assert u.dtype == np.float32 and u.min() >= 0.0 and u.max() < 1.0
+    assert u.mean() == pytest.approx(0.5, abs=2e-3) and u.var() == pytest.approx(1 / 12, rel=1e-2)
+    # deciles equally full, neighbours (same row, same column) uncorrelated
+    assert np.allclose(np.histogram(u, bins=10, range=(0, 1))[0] / u.size, 0.1, atol=2e-3)
+    assert abs(np.corrcoef(u[:, :-1].ravel(), u[:, 1:].ravel())[0, 1]) < 0.01
+    assert abs(np.corrcoef(u[:-1].ravel(), u[1:].ravel())[0, 1]) < 0.01
+    other = np.asarray(random_uniform(jax.random.key(1), (512, 1000)))
+    assert abs(np.corrcoef(u.ravel(), other.ravel())[0, 1]) < 0.01
+
+
+def test_gene_order_for_masking_is_a_permutation():
+    for n in (1, 7, 3000):
+        ranks = np.asarray(jax.jit(augment._random_ranks, static_argnums=1)(KEY, n))
+        assert np.array_equal(np.sort(ranks), np.arange(n))
+    a = np.asarray(augment._random_ranks(jax.random.key(1), 3000))
+    b = np.asarray(augment._random_ranks(jax.random.key(2), 3000))
+    assert not np.array_equal(a, b) and not np.array_equal(a, np.arange(3000))
+
+
+def test_thinning_of_counts_above_the_exact_range_keeps_mean_and_variance():
+    # 12 of each count are thinned exactly, the rest by a normal approximation.
+    for value in (13.0, 20.0, 150.0):
+        out = np.asarray(thin(KEY, jnp.full((500, 200), value), 0.3))
+        assert out.mean() == pytest.approx(0.7 * value, rel=0.01)
+        assert out.var() == pytest.approx(value * 0.21, rel=0.1)
+        assert out.min() >= 0 and out.max() <= value
 
 
 def test_poisson_noise_has_per_cell_rate_up_to_lam_max():

@@ -15,14 +15,6 @@ from ginseng.train import GinsengClassifierTrainer, GinsengClassifierTrainerSett
 QUICK = {"hidden_dim": 16, "batch_size": 16, "upper": 5, "lr": 3e-3, "min_steps": 100}
 
 
-@pytest.fixture(autouse=True)
-def _quiet():
-    before = gs.settings.progress_bar
-    gs.settings.progress_bar = False
-    yield
-    gs.settings.progress_bar = before
-
-
 @pytest.fixture(scope="module")
 def small_store(tmp_path_factory, make_toy):
     adata = make_toy(n_cells=300, n_genes=30, n_types=3, seed=5)

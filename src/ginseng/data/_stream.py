@@ -10,7 +10,9 @@ consumed, since decompression releases the GIL.
 
 from __future__ import annotations
 
+import functools
 import itertools
+import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -76,6 +78,22 @@ def _buffers(blocks, order: np.ndarray, buffer_rows: int) -> list[list[int]]:
     return buffers
 
 
+@functools.cache
+def _reader() -> ThreadPoolExecutor:
+    """The one background thread that reads ahead for every stream.
+
+    A thread per ``stream()`` call would cost little time, but glibc gives each new
+    thread's allocations their own heap arena and keeps what they free: training's
+    peak RSS crept up ~55 MB per epoch (1.0 GB instead of 0.76-0.79 GB at 100k cells
+    x 3k genes). Streams share the thread; their reads are queued in order.
+    """
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="ginseng-stream")
+
+
+# A forked child has no reader thread, only the parent's executor object: start afresh.
+os.register_at_fork(after_in_child=_reader.cache_clear)
+
+
 def iterate(
     reader: BlockReader,
     labels: np.ndarray,
@@ -107,17 +125,17 @@ def iterate(
         return X[pick], y[pick]
 
     carry_X, carry_y = None, None
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ginseng-stream") as pool:
-        pending = pool.submit(load, buffers[0]) if buffers else None
-        for i in range(len(buffers)):
-            X, y = pending.result()
-            pending = pool.submit(load, buffers[i + 1]) if i + 1 < len(buffers) else None
-            if carry_X is not None:
-                X, y = sp.vstack([carry_X, X], format="csr"), np.concatenate([carry_y, y])
-            n_full = y.size // plan.batch_size * plan.batch_size
-            for lo in range(0, n_full, plan.batch_size):
-                hi = lo + plan.batch_size
-                yield X[lo:hi].toarray().astype(np.float32, copy=False), y[lo:hi].astype(np.int32)
-            carry_X, carry_y = X[n_full:], y[n_full:]
-        if carry_y is not None and carry_y.size and not plan.drop_last:
-            yield carry_X.toarray().astype(np.float32, copy=False), carry_y.astype(np.int32)
+    pool = _reader()
+    pending = pool.submit(load, buffers[0]) if buffers else None
+    for i in range(len(buffers)):
+        X, y = pending.result()
+        pending = pool.submit(load, buffers[i + 1]) if i + 1 < len(buffers) else None
+        if carry_X is not None:
+            X, y = sp.vstack([carry_X, X], format="csr"), np.concatenate([carry_y, y])
+        n_full = y.size // plan.batch_size * plan.batch_size
+        for lo in range(0, n_full, plan.batch_size):
+            hi = lo + plan.batch_size
+            yield X[lo:hi].toarray().astype(np.float32, copy=False), y[lo:hi].astype(np.int32)
+        carry_X, carry_y = X[n_full:], y[n_full:]
+    if carry_y is not None and carry_y.size and not plan.drop_last:
+        yield carry_X.toarray().astype(np.float32, copy=False), carry_y.astype(np.int32)

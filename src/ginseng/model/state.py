@@ -31,6 +31,9 @@ _PACKAGES = (
 # Rows per compiled forward call; smaller inputs use the next power of two so that few
 # distinct shapes are ever compiled.
 PREDICT_BATCH = 4096
+# Sparse input below this density skips the zeros in the first layer (exact, see
+# network.first_linear_sparse); denser input goes through the dense compiled network.
+SPARSE_MAX_DENSITY = 0.25
 
 
 def package_versions() -> dict[str, str]:
@@ -109,6 +112,31 @@ class GinsengModelState:
         The :class:`~ginseng.train.GinsengClassifierTrainerSettings` used for training.
     provenance
         Package versions, seed, data fingerprint and store source.
+
+    Examples
+    --------
+    ``state`` is a model trained with :func:`ginseng.tl.train` (or read with
+    :func:`ginseng.data.io.load_model`); printing it shows its model card:
+
+    >>> state  # doctest: +ELLIPSIS
+    GinsengModelState
+      labels (10): CD4+/CD25 T Reg, CD4+/CD45RA+/CD25- Naive T, ...
+      genes: 765 (first: HES4, TNFRSF4, SSU72)
+      network: 2 x 32 hidden (gelu), ...
+    >>> sorted(state.history)[:3]
+    ['epoch', 'holdout_accuracy', 'holdout_loss']
+
+    Predictions for a matrix of raw counts whose columns are the model's genes
+    (:func:`ginseng.tl.classify` matches an AnnData's genes by name):
+
+    >>> X = query[:, state.genes].layers["counts"]
+    >>> proba = state.predict_proba(X)
+    >>> proba.shape, proba.dtype
+    ((350, 10), dtype('float32'))
+    >>> bool(np.allclose(proba.sum(axis=1), 1, atol=1e-5))
+    True
+    >>> set(state.predict(X)) <= set(state.labels)
+    True
     """
 
     params: dict[str, np.ndarray]
@@ -155,6 +183,7 @@ class GinsengModelState:
         return build_model(self.config, self.params)
 
     def _compiled_forward(self):
+        """Jitted ``(dense counts -> logits, first-layer output -> logits)`` and the weights."""
         if self._forward is None:
             import jax
             from flax import nnx
@@ -165,7 +194,11 @@ class GinsengModelState:
             def forward(variables, x):
                 return nnx.merge(graphdef, variables)(x)
 
-            self._forward = (forward, variables)
+            @jax.jit
+            def from_first_linear(variables, z):
+                return nnx.merge(graphdef, variables).from_first_linear(z)
+
+            self._forward = (forward, from_first_linear, variables)
         return self._forward
 
     def predict_logits(self, X: Any, *, batch_size: int = PREDICT_BATCH) -> np.ndarray:
@@ -193,18 +226,29 @@ class GinsengModelState:
         out = np.empty((n, self.n_labels), np.float32)
         if n == 0:
             return out
-        forward, variables = self._compiled_forward()
+        forward, from_first_linear, variables = self._compiled_forward()
         rows = min(batch_size, 1 << max(n - 1, 0).bit_length())
         if sparse:
             X = sp.csr_matrix(X)
+            sparse = X.nnz <= SPARSE_MAX_DENSITY * n * self.n_genes
+        from .network import first_linear_sparse
+
         for start in range(0, n, rows):
             block = X[start : start + rows]
-            block = block.toarray() if sparse else np.asarray(block)
+            if sparse:
+                # Only the non-zeros enter the first layer; the rest is compiled.
+                block, step = (
+                    first_linear_sparse(self.config, self.params, block),
+                    from_first_linear,
+                )
+            else:
+                block = block.toarray() if sp.issparse(block) else np.asarray(block)
+                step = forward
             block = block.astype(np.float32, copy=False)
             m = block.shape[0]
             if m < rows:
-                block = np.concatenate([block, np.zeros((rows - m, self.n_genes), np.float32)])
-            out[start : start + m] = np.asarray(forward(variables, block))[:m]
+                block = np.concatenate([block, np.zeros((rows - m, block.shape[1]), np.float32)])
+            out[start : start + m] = np.asarray(step(variables, block))[:m]
         return out
 
     def predict_proba(

@@ -15,6 +15,7 @@ from .. import _keys
 from .._errors import InputError
 from .._logging import timed
 from ..train.settings import GinsengClassifierTrainerSettings
+from ._record import drop_none, model_summary
 
 
 def train(
@@ -79,10 +80,30 @@ def train(
 
     Examples
     --------
+    ``reference`` holds raw counts (also in ``layers["counts"]``) with cell-type labels
+    in ``obs["bulk_labels"]`` (see :func:`ginseng.datasets.pbmc68k_counts`). A small
+    model, quick to train:
+
     >>> import ginseng as gs
-    >>> gs.pp.select_hvgs(adata, layer="counts")  # doctest: +SKIP
-    >>> state = gs.tl.train(adata, "cell_type", layer="counts", epochs=10)  # doctest: +SKIP
-    >>> state.metrics["macro_f1"]  # doctest: +SKIP
+    >>> gs.pp.select_hvgs(reference, n_top_genes=300, layer="counts")
+    >>> state = gs.tl.train(
+    ...     reference, "bulk_labels", layer="counts", epochs=2, hidden_dim=32, min_steps=50
+    ... )
+    >>> state.n_genes, state.n_labels  # the 300 genes in reference.var["ginseng_genes"]
+    (300, 10)
+    >>> sorted(reference.uns["ginseng"]["train"])
+    ['labels', 'model', 'params']
+    >>> sorted(state.metrics)[:3]
+    ['accuracy', 'best_epoch', 'confusion']
+
+    Settings as an object, a seed, and the store kept for later runs:
+
+    >>> settings = gs.train.GinsengClassifierTrainerSettings(hidden_dim=32, min_steps=50)
+    >>> state = gs.tl.train(
+    ...     reference, "bulk_labels", epochs=2, settings=settings, store=tmp / "ref.zarr", seed=1
+    ... )
+    >>> state.settings.seed, (tmp / "ref.zarr").is_dir()
+    (1, True)
     """
     from ..data import GinsengDataset
     from ..data.io import read_adata
@@ -133,24 +154,11 @@ def _record(adata, state, label_key, layer, genes, group_key, epochs, store, set
         "group_key": group_key,
         "epochs": int(epochs),
         "store": None if store is None else str(store),
-        "settings": _drop_none(settings.to_dict()),
+        "settings": drop_none(settings.to_dict()),
     }
-    metrics = state.metrics
-    model = {
-        "n_genes": state.n_genes,
-        "n_labels": state.n_labels,
-        "accuracy": float(metrics.get("accuracy", np.nan)),
-        "macro_f1": float(metrics.get("macro_f1", np.nan)),
-        "ece": float(metrics.get("ece", np.nan)),
-        "ece_uncalibrated": float(metrics.get("ece_uncalibrated", np.nan)),
-        "temperature": float(state.temperature),
-        "best_epoch": int(metrics.get("best_epoch", 0)),
-        "data_fingerprint": str(state.provenance.get("data_fingerprint", "")),
+    entry = {
+        "params": drop_none(params),
+        "labels": [str(x) for x in state.labels],
+        "model": model_summary(state),
     }
-    entry = {"params": _drop_none(params), "labels": [str(x) for x in state.labels], "model": model}
     adata.uns.setdefault(_keys.UNS_KEY, {})["train"] = entry
-
-
-def _drop_none(values: dict[str, Any]) -> dict[str, Any]:
-    # h5ad cannot store None; tuples become lists so they write as arrays.
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items() if v is not None}

@@ -4,6 +4,11 @@ Each transform acts on a dense float32 batch of raw counts (cells x genes) and m
 difference between a reference and a query: shallower sequencing (binomial thinning),
 ambient background (Poisson noise) and genes absent from the query panel (masking).
 They are applied in that order, so masked genes are exactly zero.
+
+The samplers run on every value of the batch, zeros included, so they are written to
+be cheap: uniforms come from a counter-based hash (:func:`ginseng.model.network.random_bits`,
+~15x cheaper than jax's threefry on CPU) and are turned into counts by inverse transform
+sampling, which needs one uniform per value and no rejection loop.
 """
 
 from __future__ import annotations
@@ -14,8 +19,11 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
-# Counts up to this value are thinned exactly; larger ones by a normal approximation,
-# whose error there is far below the noise the augmentation adds.
+from ..model.network import random_bits, random_uniform
+
+# Counts up to this value are thinned exactly; of a larger count, this many are thinned
+# exactly and the rest by a normal approximation, whose error there is far below the
+# noise the augmentation adds.
 _EXACT_MAX = 12
 # Values augmented at once (about 2 MB of float32): larger batches go block by block.
 _BLOCK_VALUES = 1 << 19
@@ -88,27 +96,50 @@ def _chunk_rows(n_cells: int, n_genes: int) -> int:
     return best
 
 
+def _standard_normal(key: jax.Array, shape: tuple[int, int]) -> jax.Array:
+    """Approximately standard normal values: the centred sum of four 8-bit uniforms.
+
+    The Irwin-Hall sum has the normal's mean and variance and tails bounded at about
+    3.5 sd; it only feeds the normal approximation of large counts below.
+    """
+    bits = random_bits(key, shape)
+    total = (bits & 255) + ((bits >> 8) & 255) + ((bits >> 16) & 255) + (bits >> 24)
+    # Four uniforms on {0..255}: mean 510, variance 4 * (256**2 - 1) / 12.
+    return (total.astype(jnp.float32) - 510.0) * (1.0 / math.sqrt((256**2 - 1) / 3))
+
+
 def _binomial(key: jax.Array, n: jax.Array, p: float) -> jax.Array:
-    """Draw ``Binomial(n, p)`` elementwise for integer-valued float ``n`` and ``p <= 0.5``."""
+    """Draw ``Binomial(n, p)`` elementwise for integer-valued float ``n`` and ``p <= 0.5``.
+
+    ``Binomial(n, p) = Binomial(m, p) + Binomial(n - m, p)`` with ``m = min(n, 12)``: the
+    first part is drawn exactly by inverse transform sampling (one uniform per value),
+    the second, non-zero only for counts above 12, by a rounded normal approximation.
+    """
     k_u, k_z = jax.random.split(key)
-    u = jax.random.uniform(k_u, n.shape, dtype=n.dtype)
-    # Inverse transform sampling, exact for n <= _EXACT_MAX: walk the CDF upwards. Past
-    # k = n the factor (n - k) makes the pmf zero, so no clamping is needed.
+    u = random_uniform(k_u, n.shape)
+    m = jnp.minimum(n, _EXACT_MAX)
+    # Walk the CDF of Binomial(m, p) upwards: the result is the number of CDF values
+    # below u. Past k = m the factor (m - k) makes the pmf zero, so no clamping is needed.
     odds = p / (1.0 - p)
-    pmf = jnp.exp(jnp.minimum(n, _EXACT_MAX) * math.log1p(-p))
+    pmf = jnp.exp(m * math.log1p(-p))
     cdf = pmf
-    small = jnp.zeros_like(n)
+    exact = jnp.zeros_like(n)
     for k in range(_EXACT_MAX):
-        small = small + (u > cdf)
-        pmf = pmf * (n - k) * (odds / (k + 1))
+        exact = exact + (u > cdf)
+        pmf = pmf * (m - k) * (odds / (k + 1))
         cdf = cdf + pmf
-    z = jax.random.normal(k_z, n.shape, dtype=n.dtype)
-    large = jnp.round(n * p + jnp.sqrt(n * p * (1.0 - p)) * z)
-    return jnp.where(n <= _EXACT_MAX, jnp.minimum(small, n), jnp.clip(large, 0.0, n))
+    rest = n - m
+    z = _standard_normal(k_z, n.shape)
+    approx = jnp.clip(jnp.round(rest * p + jnp.sqrt(rest * p * (1.0 - p)) * z), 0.0, rest)
+    return jnp.minimum(exact, m) + approx
 
 
 def thin(key: jax.Array, x: jax.Array, rate: float) -> jax.Array:
-    """Drop each count independently with probability ``rate`` (binomial thinning)."""
+    """Drop each count independently with probability ``rate`` (binomial thinning).
+
+    Exact (up to the 2**-23 grid of the uniforms) for counts up to 12; of larger counts,
+    12 are thinned exactly and the rest by a normal approximation.
+    """
     x = jnp.round(x)
     if rate <= 0.5:
         return x - _binomial(key, x, rate)
@@ -129,7 +160,7 @@ def _poisson(key: jax.Array, lam: jax.Array, lam_max: float) -> jax.Array:
     # Inverse transform sampling up to a bound whose tail probability is below 1e-9;
     # jax.random.poisson's rejection loop costs several times more on CPU.
     steps = math.ceil(lam_max + 6.0 * math.sqrt(lam_max) + 6.0)
-    u = jax.random.uniform(key, lam.shape, dtype=lam.dtype)
+    u = random_uniform(key, lam.shape)
     pmf = jnp.exp(-lam)
     cdf = pmf
     out = jnp.zeros_like(lam)
@@ -140,20 +171,38 @@ def _poisson(key: jax.Array, lam: jax.Array, lam_max: float) -> jax.Array:
     return out
 
 
+def _random_ranks(key: jax.Array, n: int) -> jax.Array:
+    """A random permutation of ``range(n)``, by one sort of packed ``uint32`` keys.
+
+    Random high bits with the index in the low bits sort in one pass, where
+    ``jax.random.permutation`` (several key-value sorts) costs ~8x more on CPU. Equal
+    random parts (rare: about ``n**2 / 2**(33 - log2 n)`` pairs) keep index order.
+    """
+    index_bits = max(1, (n - 1).bit_length())
+    if index_bits > 24:
+        return jax.random.permutation(key, n)
+    bits = jax.random.bits(key, (n,), jnp.uint32)
+    packed = (bits << index_bits) | jnp.arange(n, dtype=jnp.uint32)
+    return (jnp.sort(packed) & jnp.uint32((1 << index_bits) - 1)).astype(jnp.int32)
+
+
 def mask_genes(key: jax.Array, x: jax.Array, lower: int, upper: int) -> jax.Array:
     """Zero ``k ~ U{lower..upper}`` (at most all) distinct random genes of each cell.
 
-    The genes are drawn as a window of ``k`` consecutive positions, starting at a random
-    offset per cell, in a random gene permutation drawn per batch: every gene is equally
-    likely to be masked and exactly ``k`` are, at the cost of a handful of operations
-    per value (a per-cell sort or top-k costs more than the network step on CPU).
+    The genes are drawn as a window of ``k`` consecutive positions, starting at a
+    uniformly random offset per cell, in a cyclic random gene order drawn per batch:
+    every gene is masked with probability ``E[k] / n_genes`` whatever that order, the
+    order decides which genes tend to be masked together, and exactly ``k`` are, at the
+    cost of a handful of operations per value (a per-cell sort or top-k costs more
+    than the network step on CPU).
     """
     n_cells, n_genes = x.shape
     upper = min(upper, n_genes)
     lower = min(lower, upper)
     k_n, k_perm, k_start = jax.random.split(key, 3)
     n_masked = jax.random.randint(k_n, (n_cells, 1), lower, upper + 1)
-    position = jax.random.permutation(k_perm, n_genes)[None, :]
+    position = _random_ranks(k_perm, n_genes)[None, :]
     start = jax.random.randint(k_start, (n_cells, 1), 0, n_genes)
-    mask = (position - start) % n_genes < n_masked
-    return jnp.where(mask, 0.0, x)
+    offset = position - start
+    offset = jnp.where(offset < 0, offset + n_genes, offset)
+    return jnp.where(offset < n_masked, 0.0, x)

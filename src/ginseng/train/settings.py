@@ -68,7 +68,9 @@ class GinsengClassifierTrainerSettings:
         Fraction of cells held out (stratified by label, or by whole groups) to pick the
         best epoch, report metrics and fit the calibration temperature; in ``(0, 1)``.
     balance_train
-        Sample training batches so that every label is equally likely.
+        Sample training batches so that every label is equally likely (on by default:
+        it raised macro-F1 on the accuracy benchmark, most for rare labels, at a small
+        cost in overall accuracy; set ``False`` to sample cells as they come).
     group_level
         Hold out whole groups (the store's ``group_key``, e.g. donors or batches) rather
         than cells; the store must have been created with a ``group_key``.
@@ -79,6 +81,22 @@ class GinsengClassifierTrainerSettings:
     seed
         Seeds the split, the batch order, the initial weights, dropout and augmentation:
         the same seed gives the same model on the same machine.
+
+    Examples
+    --------
+    >>> from ginseng.train import GinsengClassifierTrainerSettings
+    >>> settings = GinsengClassifierTrainerSettings(hidden_dim=64, lr=3e-4, seed=1)
+    >>> settings.replace(dropout_rate=0.1).dropout_rate
+    0.1
+    >>> GinsengClassifierTrainerSettings.from_json(settings.to_json()) == settings
+    True
+
+    Invalid values are refused when the settings are built:
+
+    >>> GinsengClassifierTrainerSettings(dropout_rate=1.5)
+    Traceback (most recent call last):
+    ...
+    ginseng._errors.InputError: GinsengClassifierTrainerSettings.dropout_rate=1.5 is invalid: expected a number in [0, 1).
     """
 
     # Augmentation.
@@ -87,7 +105,7 @@ class GinsengClassifierTrainerSettings:
     lower: int | None = 0
     upper: int | None = 200
     # Model.
-    hidden_dim: int = 256
+    hidden_dim: int = 128
     n_layers: int = 2
     dropout_rate: float = 0.2
     batch_size: int = 256
@@ -101,7 +119,7 @@ class GinsengClassifierTrainerSettings:
     target_sum: float = 1e4
     standardize: bool = True
     holdout_fraction: float = 0.1
-    balance_train: bool = False
+    balance_train: bool = True
     group_level: bool = False
     group_mode: str = "fraction"
     # Reproducibility.
