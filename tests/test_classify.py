@@ -353,3 +353,61 @@ def test_alignment_take_equals_selector_product():
         taken[:, :30], chunk.toarray()[:, [int(g[1:]) for g in model_genes[:30]]]
     )
     assert not taken[:, 30:].any()
+
+
+def test_tenx_style_var_with_many_duplicated_values(toy_trained, query):
+    """10x var: symbols as var_names, ids in gene_ids, constant feature_types."""
+    state = toy_trained.state
+    tenx = query.copy()
+    tenx.var["gene_ids"] = list(query.var_names)
+    tenx.var["feature_types"] = "Gene Expression"
+    tenx.var_names = [f"SYM{i}" for i in range(query.n_vars)]
+    tenx.var_names = [*tenx.var_names[:-2], "SYM0", "SYM0"]  # duplicated symbols too
+    gs.tl.classify(tenx, state)
+    assert tenx.uns["ginseng"]["classify"]["gene_overlap"]["source"] == "var['gene_ids']"
+    np.testing.assert_allclose(
+        tenx.obsm["ginseng_probabilities"], _expected(state, query), atol=1e-6
+    )
+
+
+def test_sparse_input_with_duplicate_entries(toy_trained):
+    state = toy_trained.state
+    X = sp.random(60, state.n_genes, density=0.1, format="csr", random_state=6)
+    X.data = np.round(X.data * 40) + 2
+    coo = X.tocoo()
+    half = np.floor(coo.data / 2)
+    split = sp.csr_matrix(  # every count stored as two entries at the same place
+        (np.concatenate([half, coo.data - half]),
+         (np.concatenate([coo.row, coo.row]), np.concatenate([coo.col, coo.col]))),
+        shape=X.shape,
+    )  # fmt: skip
+    split.has_canonical_format = False
+    assert (split.toarray() == X.toarray()).all()
+    np.testing.assert_allclose(
+        state.predict_logits(split), state.predict_logits(X.toarray()), atol=1e-4
+    )
+
+
+def test_majority_vote_leaves_cells_without_cluster_missing(toy_trained, query):
+    clusters = query.obs["cell_type"].astype(object).to_numpy().copy()
+    clusters[:10] = np.nan
+    query.obs["leiden"] = pd.Categorical(clusters)
+    gs.tl.classify(query, toy_trained.state, majority_vote_key="leiden")
+    vote = query.obs["ginseng_majority_vote"]
+    assert vote[:10].isna().all() and vote[10:].notna().all()
+
+
+def test_path_options_fail_before_classifying(toy_trained, query, tmp_path):
+    path = tmp_path / "q.h5ad"
+    query.write_h5ad(path)
+    with pytest.raises(InputError, match="copy=True applies to an AnnData"):
+        gs.tl.classify(path, toy_trained.state, copy=True)
+    first = gs.tl.classify(path, toy_trained.state, write=True)  # returned backed, file open
+    with pytest.raises(InputError, match=r"adata\.file\.close\(\)"):
+        gs.tl.classify(path, toy_trained.state, write=True)
+    first.file.close()
+    gs.tl.classify(path, toy_trained.state, write=True, key_added="again")
+    assert "again_cell_type" in ad.read_h5ad(path).obs
+    query.uns["taken"] = "not a dict"
+    with pytest.raises(InputError, match="uns\\['taken'\\]"):
+        gs.tl.classify(query, toy_trained.state, key_added="taken")

@@ -114,15 +114,12 @@ class GeneAlignment:
 
 
 def _positions(model_genes: np.ndarray, query_names: Any, strip: bool) -> np.ndarray:
+    """Column of each model gene among ``query_names`` (-1 if absent); first occurrence wins."""
     query = _keys(query_names, strip)
-    if query.has_duplicates:
-        # The first occurrence wins, as in a dictionary lookup by name.
-        logger.warning(
-            "%d gene names occur more than once in the query; the first occurrence is used",
-            int(query.duplicated().sum()),
-        )
-        query = query.where(~query.duplicated(), other="\0duplicate")
-    return query.get_indexer(_keys(model_genes, strip)).astype(np.int64)
+    first = ~query.duplicated()
+    found = query[first].get_indexer(_keys(model_genes, strip))
+    columns = np.flatnonzero(first)
+    return np.where(found >= 0, columns[found], -1).astype(np.int64)
 
 
 def _candidate_columns(var: pd.DataFrame) -> list[str]:
@@ -191,7 +188,7 @@ def align_genes(
         alignment = GeneAlignment(source, positions, len(var), model_type, query_type)
         tried.append(f"{source} {alignment.fraction:.0%}")
         if best is None or alignment.n_found > best.n_found:
-            best = alignment
+            best, best_names = alignment, names
         # var_names win whenever they are good enough: columns are only a fallback.
         if source == "var_names" and alignment.fraction >= min_overlap:
             break
@@ -199,6 +196,13 @@ def align_genes(
     assert best is not None
     if best.fraction < min_overlap or best.n_found == 0:
         raise GeneMismatchError(_mismatch_message(best, model_genes, var, tried, min_overlap))
+    n_duplicated = int(best_names.duplicated().sum())
+    if n_duplicated:
+        logger.warning(
+            "%d gene names occur more than once in %s; the first occurrence is used",
+            n_duplicated,
+            best.source,
+        )
     if best.source != "var_names":
         logger.warning(
             "adata.var_names match %d of the model's genes; using %s instead, which matches %d",

@@ -202,6 +202,10 @@ def first_linear_sparse(
     kernel = params["blocks/0/linear/kernel"]
     bias = params["blocks/0/linear/bias"]
     X = sp.csr_matrix(X, dtype=np.float32)
+    if not X.has_canonical_format:
+        # Entries stored twice must be summed before log1p, as a dense row would be.
+        X = X.copy()
+        X.sum_duplicates()
     values = X.data
     if config["normalize"]:
         total = np.asarray(X.sum(axis=1), dtype=np.float32).ravel()

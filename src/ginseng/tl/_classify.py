@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -187,7 +188,7 @@ def classify(
     batch_size = settings.chunk_size if batch_size is None else batch_size
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch_size must be a positive integer, got {batch_size!r}.")
-    query = open_query(adata, layer, counts_fallback=_counts_fallback)
+    query = open_query(adata, layer, counts_fallback=_counts_fallback, write=write)
     target = query.adata
     if majority_vote_key is not None and majority_vote_key not in target.obs.columns:
         raise InputError(
@@ -207,9 +208,11 @@ def classify(
 
     with timed(f"classifying {n} cells with a {len(labels)}-label ginseng model"):
         bar = progress(total=n, desc="classifying", unit="cells")
-        for i, (rows, chunk) in enumerate(iter_row_chunks(query.matrix, batch_size)):
-            if check_counts and i == 0:
+        sampled = False  # the full raw-count check runs on the first chunk with values
+        for rows, chunk in iter_row_chunks(query.matrix, batch_size):
+            if check_counts and not sampled:
                 check_raw_counts(chunk, where=query.where, layers=query.layers)
+                sampled = chunk.nnz > 0
             elif check_counts:
                 _check_negative(chunk, where=query.where)
             p = state.predict_proba(alignment.take(chunk))
@@ -262,6 +265,11 @@ def classify(
         "batch_size": int(batch_size),
     }
     entry = out.uns.get(key_added, {})
+    if not isinstance(entry, Mapping):
+        raise InputError(
+            f"adata.uns[{key_added!r}] holds a {type(entry).__name__}, not ginseng's records; "
+            "pass another key_added= or remove that entry."
+        )
     entry["classify"] = {
         "params": drop_none(params),
         "labels": labels,
@@ -289,6 +297,11 @@ def _check_options(adata, return_table, copy, write, threshold, key_added) -> No
     if return_table and (copy or write):
         raise InputError(
             "return_table=True leaves adata untouched; do not combine it with copy= or write=."
+        )
+    if copy and not isinstance(adata, AnnData):
+        raise InputError(
+            "copy=True applies to an AnnData; for a path, classify already returns the "
+            "annotated AnnData it reads (use return_table=True for a DataFrame)."
         )
     if copy and isinstance(adata, AnnData) and adata.isbacked:
         raise InputError(

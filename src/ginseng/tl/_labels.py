@@ -71,9 +71,16 @@ def majority_vote(
     """
     if not 0.0 <= float(min_prop) <= 1.0:
         raise InputError(f"min_prop must be in [0, 1], got {min_prop!r}.")
+    if min_prop > 0 and HETEROGENEOUS in predicted.categories:
+        raise InputError(
+            f"The model has a label named {HETEROGENEOUS!r}, so min_prop cannot mark mixed "
+            "clusters; use min_prop=0."
+        )
     clusters = pd.Series(np.asarray(clusters, dtype=object), dtype="category")
-    table = pd.crosstab(clusters.to_numpy(), pd.Series(predicted).to_numpy(), dropna=False)
-    table = table.reindex(columns=predicted.categories, fill_value=0)
+    has_cluster = clusters.notna().to_numpy()
+    table = pd.crosstab(
+        clusters[has_cluster].to_numpy(), np.asarray(predicted)[has_cluster]
+    ).reindex(columns=predicted.categories, fill_value=0)
     top = table.to_numpy().argmax(axis=1)
     share = table.to_numpy().max(axis=1) / np.maximum(table.to_numpy().sum(axis=1), 1)
     winners = np.asarray(predicted.categories, dtype=object)[top]

@@ -41,12 +41,17 @@ def _resolve_layer(layers: list[str], layer: str | None, counts_fallback: bool) 
 
 
 def open_query(
-    adata: AnnData | str | os.PathLike, layer: str | None, *, counts_fallback: bool = False
+    adata: AnnData | str | os.PathLike,
+    layer: str | None,
+    *,
+    counts_fallback: bool = False,
+    write: bool = False,
 ) -> Query:
     """Wrap ``adata`` (or the file at that path) for chunked classification.
 
     ``counts_fallback``: ``layer="counts"`` falls back to ``.X`` when there is no such
-    layer (the seed API's default), saying so in the log.
+    layer (the seed API's default), saying so in the log. ``write``: check up front that
+    a path can be written, rather than after classifying every cell.
     """
     if isinstance(adata, AnnData):
         layer = _resolve_layer(list(adata.layers.keys()), layer, counts_fallback)
@@ -68,6 +73,8 @@ def open_query(
     if not path.exists():
         raise InputError(f"{path} does not exist.")
     fmt, _ = _detect_format(path, str(path))
+    if write:
+        _check_writable(path, fmt)
     if fmt == "h5ad":
         backed = read_adata(path, backed="r")
         layers = list(backed.layers.keys())
@@ -80,6 +87,26 @@ def open_query(
     loaded = read_adata(path)
     layer = _resolve_layer(list(loaded.layers.keys()), layer, counts_fallback)
     return Query(loaded, get_matrix(loaded, layer), layer, f"{path}: {matrix_name(layer)}")
+
+
+def _check_writable(path: Path, fmt: str) -> None:
+    if fmt not in ("h5ad", "zarr"):
+        raise InputError(
+            f"write=True needs an .h5ad or AnnData .zarr file; {path} is not one. Use "
+            "return_table=True, or save the returned AnnData with write_h5ad."
+        )
+    if fmt == "h5ad":
+        import h5py
+
+        try:
+            with h5py.File(path, "r+"):
+                pass
+        except OSError as error:
+            raise InputError(
+                f"Cannot write into {path} ({error}). If an AnnData from an earlier "
+                "classify call (or read_h5ad(backed=...)) holds it open, close it first "
+                "with adata.file.close()."
+            ) from error
 
 
 def _open_zarr(path: Path, layer: str | None, counts_fallback: bool) -> Query:
