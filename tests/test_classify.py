@@ -411,3 +411,14 @@ def test_path_options_fail_before_classifying(toy_trained, query, tmp_path):
     query.uns["taken"] = "not a dict"
     with pytest.raises(InputError, match="uns\\['taken'\\]"):
         gs.tl.classify(query, toy_trained.state, key_added="taken")
+
+
+def test_results_table_rebuilt_from_adata_equals_return_table(toy_trained, query):
+    from ginseng.tl._classify import results_table
+
+    options = {"unassigned_threshold": 0.6, "majority_vote_key": "batch"}
+    table = gs.tl.classify(query, toy_trained.state, return_table=True, **options)
+    gs.tl.classify(query, toy_trained.state, **options)
+    pd.testing.assert_frame_equal(results_table(query), table)
+    with pytest.raises(InputError, match="key_added='other'"):
+        results_table(query, key_added="other")

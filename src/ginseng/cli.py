@@ -60,6 +60,8 @@ def _train(args: argparse.Namespace) -> int:
 def _annotate(args: argparse.Namespace) -> int:
     import ginseng as gs
 
+    from .tl._classify import results_table
+
     adata = _read(args.input, backed=True)
     options = {
         "layer": args.layer,
@@ -69,15 +71,16 @@ def _annotate(args: argparse.Namespace) -> int:
         "majority_vote_key": args.majority_vote,
         "batch_size": args.batch_size,
     }
-    table = gs.tl.classify(adata, args.model, return_table=True, **options)
-    if args.table is not None:
-        table.to_csv(args.table)
-        print(f"predictions for {len(table)} cells written to {args.table}")
-    if args.out is not None:
-        # Same options, same model: the results equal the table's; this time into adata.
+    if args.out is None:
+        table = gs.tl.classify(adata, args.model, return_table=True, **options)
+    else:
         gs.tl.classify(adata, args.model, **options)
         adata.write_h5ad(args.out)
         print(f"annotated data written to {args.out}")
+        table = results_table(adata)  # the same table, without classifying twice
+    if args.table is not None:
+        table.to_csv(args.table)
+        print(f"predictions for {len(table)} cells written to {args.table}")
     counts = table["ginseng_cell_type"].value_counts()
     print("predicted cell types:\n" + counts[counts > 0].to_string())
     return 0

@@ -230,14 +230,7 @@ def classify(
 
     names = _names(key_added)
     if return_table:
-        table = pd.DataFrame(
-            {names["cell_type"]: predicted, names["confidence"]: confidence},
-            index=target.obs_names.copy(),
-        )
-        table = pd.concat([table, pd.DataFrame(proba, index=table.index, columns=labels)], axis=1)
-        if votes is not None:
-            table[names["majority_vote"]] = votes
-        return table
+        return _table(target.obs_names, predicted, confidence, proba, labels, votes, names)
 
     out = target.copy() if copy else target
     out.obs[names["cell_type"]] = pd.Categorical(predicted)
@@ -282,6 +275,41 @@ def classify(
     if copy or not isinstance(adata, AnnData):
         return out
     return None
+
+
+def _table(index, predicted, confidence, proba, labels, votes, names) -> pd.DataFrame:
+    table = pd.DataFrame(
+        {names["cell_type"]: predicted, names["confidence"]: np.asarray(confidence)},
+        index=pd.Index(index).copy(),
+    )
+    table = pd.concat([table, pd.DataFrame(proba, index=table.index, columns=labels)], axis=1)
+    if votes is not None:
+        table[names["majority_vote"]] = votes
+    return table
+
+
+def results_table(adata: AnnData, key_added: str = _keys.PREFIX) -> pd.DataFrame:
+    """The ``return_table=True`` DataFrame, rebuilt from what classify wrote into ``adata``.
+
+    Needs the probabilities (``store_probabilities=True``).
+    """
+    names = _names(key_added)
+    missing = [k for k in ("cell_type", "confidence") if names[k] not in adata.obs.columns]
+    if missing or names["probabilities"] not in adata.obsm:
+        raise InputError(
+            f"adata holds no complete ginseng.tl.classify results under key_added={key_added!r} "
+            "(with store_probabilities=True)."
+        )
+    obs = adata.obs
+    return _table(
+        adata.obs_names,
+        obs[names["cell_type"]].array,
+        obs[names["confidence"]].to_numpy(),
+        np.asarray(adata.obsm[names["probabilities"]]),
+        list(adata.uns[key_added]["classify"]["labels"]),
+        obs[names["majority_vote"]].array if names["majority_vote"] in obs else None,
+        names,
+    )
 
 
 def _names(key_added: str) -> dict[str, str]:
