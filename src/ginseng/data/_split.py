@@ -9,6 +9,29 @@ from .._errors import InputError
 GROUP_MODES = ("fraction", "groups")
 
 
+def train_test(
+    labels: np.ndarray,
+    groups: np.ndarray | None,
+    fraction: float,
+    *,
+    stratify_group: bool,
+    group_mode: str,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return sorted ``(train, test)`` row indices: whole groups, or stratified by label."""
+    if not 0 < fraction < 1:
+        raise InputError(f"fraction must be in (0, 1), got {fraction}.")
+    if group_mode not in GROUP_MODES:
+        raise InputError(f"group_mode must be one of {GROUP_MODES}, got {group_mode!r}.")
+    rng = np.random.default_rng(seed)
+    if stratify_group:
+        test = whole_groups(groups, fraction, rng, group_mode)
+    else:
+        test = label_stratified(labels, fraction, rng)
+    train = np.setdiff1d(np.arange(labels.size, dtype=np.int64), test, assume_unique=True)
+    return train, test
+
+
 def label_stratified(labels: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
     """Return sorted test rows holding ``fraction`` of the cells of every label.
 
@@ -33,8 +56,6 @@ def whole_groups(
     to ``fraction``; ``mode="groups"`` puts ``round(fraction * n_groups)`` groups in test.
     Both keep at least one group on each side.
     """
-    if mode not in GROUP_MODES:
-        raise InputError(f"group_mode must be one of {GROUP_MODES}, got {mode!r}.")
     codes, sizes = np.unique(groups, return_counts=True)
     if codes.size < 2:
         raise InputError(

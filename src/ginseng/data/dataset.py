@@ -299,23 +299,15 @@ class GinsengDataset:
         >>> len(set(ds.groups[ds.splits["test"]]) & set(ds.groups[ds.splits["train"]]))
         0
         """
-        if not 0 < fraction < 1:
-            raise InputError(f"fraction must be in (0, 1), got {fraction}.")
-        rng = np.random.default_rng(seed)
-        if stratify_group:
-            if not self.has_groups:
-                raise InputError(
-                    "stratify_group=True needs groups, but this store was created without "
-                    "group_key; recreate it with GinsengDataset.create(..., group_key='batch')."
-                )
-            test = _split.whole_groups(self.groups, fraction, rng, group_mode)
-        else:
-            if group_mode not in _split.GROUP_MODES:
-                raise InputError(
-                    f"group_mode must be one of {_split.GROUP_MODES}, got {group_mode!r}."
-                )
-            test = _split.label_stratified(self.labels, fraction, rng)
-        train = np.setdiff1d(np.arange(self.n_cells, dtype=np.int64), test, assume_unique=True)
+        if stratify_group and not self.has_groups:
+            raise InputError(
+                "stratify_group=True needs groups, but this store was created without "
+                "group_key; recreate it with GinsengDataset.create(..., group_key='batch')."
+            )
+        train, test = _split.train_test(
+            self.labels, self.groups, fraction,
+            stratify_group=stratify_group, group_mode=group_mode, seed=seed,
+        )  # fmt: skip
         realised = test.size / self.n_cells
         self._write_split(
             {"train": train, "test": test},
