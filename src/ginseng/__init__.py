@@ -5,7 +5,6 @@ Import as ``import ginseng as gs``; the public faces are :mod:`ginseng.pp`,
 ginseng does not import jax: the network code loads only when a function needs it.
 """
 
-from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
 
 from ._errors import (
@@ -16,6 +15,7 @@ from ._errors import (
     ModelFormatError,
     StoreError,
 )
+from ._lazy import lazy_attributes
 from ._settings import settings
 
 try:
@@ -38,17 +38,15 @@ __all__ = [
     "tl",
 ]
 
-_SUBMODULES = {"pp", "tl", "pl", "data", "datasets", "train", "model", "utils"}
-
-
-def __getattr__(name: str):
-    # Submodules load on first use so that `import ginseng` stays light.
-    if name in _SUBMODULES:
-        return import_module(f".{name}", __name__)
-    if name == "classify":
-        return import_module("._seed_api", __name__).classify
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | _SUBMODULES | {"classify"})
+# Submodules load on first use so that `import ginseng` stays light.
+__getattr__, __dir__ = lazy_attributes(
+    __name__,
+    globals(),
+    {
+        **{
+            name: f".{name}"
+            for name in ("pp", "tl", "pl", "data", "datasets", "train", "model", "utils")
+        },
+        "classify": "._seed_api:classify",
+    },
+)

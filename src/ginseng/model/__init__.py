@@ -4,23 +4,17 @@ Everything loads on first use: :class:`GinsengModelState` and the model file fun
 import no jax; the network does.
 """
 
-from importlib import import_module
+from .._lazy import lazy_attributes
 
 __all__ = ["GinsengClassifier", "GinsengModelState", "load_model", "save_model"]
 
-_LAZY = {
-    "GinsengClassifier": ".network",
-    "GinsengModelState": ".state",
-    "load_model": ".file",
-    "save_model": ".file",
-}
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(import_module(_LAZY[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_attributes(
+    __name__,
+    globals(),
+    {
+        "GinsengClassifier": ".network:GinsengClassifier",
+        "GinsengModelState": ".state:GinsengModelState",
+        "load_model": ".file:load_model",
+        "save_model": ".file:save_model",
+    },
+)
