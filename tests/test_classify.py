@@ -178,11 +178,20 @@ def test_chunk_size_does_not_change_results(toy_trained, query):
 
 
 def test_unassigned_threshold(toy_trained, query):
+    # The toy types are so distinct that every confidence is 1.0 in float32: mix the
+    # counts of cells of two types in the first 40 cells so that some are ambiguous.
+    types = query.obs["cell_type"].to_numpy()
+    partner = [np.flatnonzero(types != t)[0] for t in types[:40]]
+    X = query.X.tolil()
+    X[:40] = query.X[:40] + query.X[partner]
+    query.X = X.tocsr()
     gs.tl.classify(query, toy_trained.state)
     conf = query.obs["ginseng_confidence"].to_numpy()
-    threshold = float(np.quantile(conf, 0.2))
+    # Just above the lowest confidence, so that some cells (not all) fall below it.
+    threshold = float(np.sort(np.unique(conf))[1])
     gs.tl.classify(query, toy_trained.state, unassigned_threshold=threshold)
     pred = query.obs["ginseng_cell_type"]
+    assert 0 < (conf < threshold).sum() < query.n_obs
     assert pred.cat.categories[-1] == "Unassigned"
     np.testing.assert_array_equal((pred == "Unassigned").to_numpy(), conf < threshold)
     assert query.uns["ginseng_cell_type_colors"][-1] == "#d3d3d3"
@@ -330,9 +339,14 @@ def test_predictions_plot_with_scanpy_in_stable_colors(toy_trained, query):
     subset = query[query.obs["cell_type"] != "type_0"].copy()  # a query lacking one type
     gs.tl.classify(subset, state)
     colors = list(subset.uns["ginseng_cell_type_colors"])
+    categories = list(subset.obs["ginseng_cell_type"].cat.categories)
+    assert "type_0" not in categories  # only labels that occur are categories
     gs.tl.classify(query, state)
+    full = dict(
+        zip(query.obs["ginseng_cell_type"].cat.categories, query.uns["ginseng_cell_type_colors"])
+    )
     # The same label has the same colour whichever labels a dataset contains.
-    assert colors == list(query.uns["ginseng_cell_type_colors"])
+    assert colors == [full[label] for label in categories]
     ax = sc.pl.umap(subset, color="ginseng_cell_type", show=False)
     assert list(subset.uns["ginseng_cell_type_colors"]) == colors  # scanpy kept ours
     plt.close(ax.figure)

@@ -107,15 +107,19 @@ def classify(
     Otherwise ``None``, and ``adata`` gains:
 
     ``obs[f"{key_added}_cell_type"]``
-        Categorical prediction; categories are the model's labels (in model order),
-        plus ``"Unassigned"`` when ``unassigned_threshold`` is set.
+        Categorical prediction; categories are the model's labels that some cell
+        received (in model order), plus ``"Unassigned"`` when some cell falls below
+        ``unassigned_threshold``. Labels no cell received are not categories, so
+        scanpy's grouping functions (``sc.tl.rank_genes_groups``, ``sc.pl.dotplot``,
+        ``sc.tl.dendrogram``) accept the column as it is.
     ``obs[f"{key_added}_confidence"]``
         float32 calibrated probability of the predicted label.
     ``obsm[f"{key_added}_probabilities"]``
         float32 ``n_cells x n_labels`` calibrated probabilities; columns follow
         ``uns[key_added]["classify"]["labels"]`` (unless ``store_probabilities=False``).
     ``obs[f"{key_added}_majority_vote"]``
-        Categorical cluster-level label (with ``majority_vote_key``).
+        Categorical cluster-level label (with ``majority_vote_key``); categories as
+        above, with ``"Heterogeneous"`` last when some cluster got it.
     ``uns[f"{key_added}_cell_type_colors"]`` (and ``..._majority_vote_colors``)
         A colour per category, fixed by the label's position in the model, so
         ``sc.pl.umap(adata, color="ginseng_cell_type")`` colours a cell type the same

@@ -47,7 +47,13 @@ def label_colors(categories: list[str], model_labels: list[str]) -> list[str]:
 def assign_labels(
     codes: np.ndarray, confidence: np.ndarray, labels: list[str], threshold: float | None
 ) -> pd.Categorical:
-    """Predicted labels as a categorical over ``labels`` (+ Unassigned with a threshold)."""
+    """Predicted labels as a categorical over the labels that occur.
+
+    Categories keep the model's order, with ``"Unassigned"`` last when a cell got it.
+    Labels no cell received are left out: scanpy's grouping functions
+    (``rank_genes_groups``, ``dotplot``, ``dendrogram``) expect every category to hold
+    cells. Colours stay tied to the model position (:func:`label_colors`).
+    """
     categories = list(labels)
     if threshold is not None:
         if _keys.UNASSIGNED in categories:
@@ -57,7 +63,8 @@ def assign_labels(
             )
         categories.append(_keys.UNASSIGNED)
         codes = np.where(confidence < threshold, len(labels), codes)
-    return pd.Categorical.from_codes(codes.astype(np.int32), categories=categories)
+    predicted = pd.Categorical.from_codes(codes.astype(np.int32), categories=categories)
+    return predicted.remove_unused_categories()
 
 
 def majority_vote(
