@@ -14,6 +14,7 @@ from ._errors import (
     InputError,
     ModelFormatError,
     StoreError,
+    WriteError,
 )
 from ._lazy import lazy_attributes
 from ._settings import settings
@@ -30,6 +31,7 @@ __all__ = [
     "InputError",
     "ModelFormatError",
     "StoreError",
+    "WriteError",
     "__version__",
     "classify",
     "pl",

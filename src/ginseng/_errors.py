@@ -28,3 +28,11 @@ class ModelFormatError(GinsengError):
 
 class DownloadError(InputError):
     """A URL could not be fetched."""
+
+
+class WriteError(GinsengError, OSError):
+    """Writing one of ginseng's outputs failed (a full disk, a quota, permissions).
+
+    An :class:`OSError` too, so ``except OSError`` keeps working; the message names the
+    path, what was being written and, for a lack of space, how much the step needs.
+    """

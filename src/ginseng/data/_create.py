@@ -14,10 +14,8 @@ from __future__ import annotations
 import json
 import shutil
 import uuid
-from collections import OrderedDict
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import scipy.sparse as sp
@@ -26,9 +24,11 @@ from anndata import AnnData
 from .. import _keys
 from .._errors import InputError, StoreError
 from .._logging import logger, progress
+from .._write import check_free_space, writing
 from ._chunks import FlatArrayWriter
 from ._inputs import encode_obs_column, select_genes
 from ._matrix import check_counts, get_matrix, iter_row_chunks, matrix_name
+from ._shuffle import ShardFiles
 
 # Values per compressed chunk of the flat CSR arrays. zarr's per-chunk overhead
 # dominates below this: 64k-value chunks read 2-3x slower (measured on 100k x 2k cells),
@@ -55,81 +55,21 @@ def _counts_dtype(all_integer: bool, max_value: float) -> np.dtype:
     return np.dtype(np.float32)
 
 
-class _ShardFiles:
-    """Flat binary files, one set per shard, that pass 1 appends rows to."""
-
-    def __init__(self, root: Path, n_shards: int) -> None:
-        self.root = root
-        self.root.mkdir()
-        self.n_shards = n_shards
-        # Handles stay open between appends: reopening every shard's four files for
-        # every source chunk cost ~10% of creation at 1M cells. Every source chunk visits
-        # all shards in turn, so the cache must hold them all to help; it takes up to
-        # half of the process's file descriptor limit and closes the least recently used
-        # handle beyond that.
-        try:
-            import resource
-
-            soft_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        except ImportError:  # Windows: no rlimit; its C runtime allows 512 files
-            soft_limit = 512
-        self._max_open = max(16, min(4 * n_shards, soft_limit // 2))
-        self._open: OrderedDict[tuple[int, str], BinaryIO] = OrderedDict()
-
-    def _path(self, shard: int, part: str) -> Path:
-        return self.root / f"{shard}.{part}"
-
-    def _handle(self, shard: int, part: str) -> BinaryIO:
-        key = (shard, part)
-        if key in self._open:
-            self._open.move_to_end(key)
-        else:
-            if len(self._open) >= self._max_open:
-                self._open.popitem(last=False)[1].close()
-            self._open[key] = open(self._path(shard, part), "ab")
-        return self._open[key]
-
-    def append(self, shard: int, dest: np.ndarray, block: sp.csr_matrix) -> None:
-        for part, values in (
-            ("dest", dest.astype(np.int64, copy=False)),
-            ("nnz", np.diff(block.indptr).astype(np.int64, copy=False)),
-            ("data", block.data.astype(np.float32, copy=False)),
-            ("indices", block.indices.astype(np.int32, copy=False)),
-        ):
-            values.tofile(self._handle(shard, part))
-
-    def close(self) -> None:
-        """Flush and close every handle (before reading shards back, and on failure)."""
-        while self._open:
-            self._open.popitem()[1].close()
-
-    def read(self, shard: int, n_genes: int) -> tuple[np.ndarray, sp.csr_matrix]:
-        """Return the shard's destination positions and its rows, in arrival order."""
-
-        def load(part: str, dtype) -> np.ndarray:
-            path = self._path(shard, part)
-            return np.fromfile(path, dtype=dtype) if path.exists() else np.empty(0, dtype)
-
-        dest = load("dest", np.int64)
-        indptr = np.concatenate([[0], np.cumsum(load("nnz", np.int64))])
-        block = sp.csr_matrix(
-            (load("data", np.float32), load("indices", np.int32), indptr),
-            shape=(dest.size, n_genes),
-        )
-        return dest, block
-
-
 def _route_rows(
     matrix,
     gene_idx: np.ndarray,
     n_genes_source: int,
     dest: np.ndarray,
     shard_rows: int,
-    shards: _ShardFiles,
+    shards: ShardFiles,
     chunk_size: int,
     where: str,
+    guard,
 ) -> tuple[int, bool, float]:
     """Pass 1: read the source, validate it, append each row to its shard.
+
+    ``guard()`` is the :func:`ginseng._write.writing` context of the store's writes; it
+    wraps the appends only, so that errors reading the source keep their own message.
 
     Returns the number of stored values, whether all are integers, and the maximum.
     """
@@ -151,9 +91,10 @@ def _route_rows(
         order = np.argsort(shard_of, kind="stable")
         chunk, chunk_dest, shard_of = chunk[order], chunk_dest[order], shard_of[order]
         bounds = np.searchsorted(shard_of, np.arange(shards.n_shards + 1))
-        for shard in np.flatnonzero(np.diff(bounds)):
-            lo, hi = bounds[shard], bounds[shard + 1]
-            shards.append(int(shard), chunk_dest[lo:hi], chunk[lo:hi])
+        with guard():
+            for shard in np.flatnonzero(np.diff(bounds)):
+                lo, hi = bounds[shard], bounds[shard + 1]
+                shards.append(int(shard), chunk_dest[lo:hi], chunk[lo:hi])
         bar.update(chunk.shape[0])
     bar.close()
     return nnz, all_integer, max_value
@@ -161,7 +102,7 @@ def _route_rows(
 
 def _write_counts(
     group,
-    shards: _ShardFiles,
+    shards: ShardFiles,
     n_cells: int,
     n_genes: int,
     nnz: int,
@@ -216,6 +157,32 @@ def _write_array(group, name: str, values: np.ndarray) -> None:
         array[:] = values.astype(str)
     else:
         group.create_array(name, data=values, chunks=(max(1, min(values.size, 1 << 20)),))
+
+
+def _stored_values(matrix) -> int | None:
+    """Number of stored values of a sparse source, read without loading it."""
+    if sp.issparse(matrix):
+        return int(matrix.nnz)
+    group = getattr(matrix, "group", None)  # anndata's backed sparse dataset
+    if group is not None and "indptr" in group:
+        return int(group["indptr"][-1])
+    return None
+
+
+def space_needed(matrix, n_cells: int, n_genes_source: int, n_genes: int) -> int | None:
+    """Estimated peak disk use of :func:`create_store`, in bytes (``None``: unknown).
+
+    Pass 1's shard files take 8 bytes per stored value (float32 value, int32 index) and
+    16 per cell; pass 2 writes the compressed store next to them, at most as large
+    again (counts compress to about 2-4 bytes per value). With a gene subset the values
+    of the chosen genes are estimated by their share of the genes. Dense sources give
+    ``None``: their number of non-zero values is unknown until they are read.
+    """
+    nnz = _stored_values(matrix)
+    if nnz is None:
+        return None
+    values = nnz * n_genes / max(n_genes_source, 1)
+    return int(2 * (8 * values + 16 * n_cells))
 
 
 def _source_description(adata: AnnData, source: str | None) -> str:
@@ -292,16 +259,26 @@ def create_store(
 
     import zarr
 
+    needed = space_needed(matrix, n_cells, adata.n_vars, n_genes)
+    if needed is not None:
+        # Refuse only when clearly too small: the estimate is rough, by a factor of ~2.
+        check_free_space(path.parent, needed, f"the GinsengDataset store {str(path)!r}", margin=0.5)
+
+    def guard():
+        return writing(path, "the GinsengDataset store", needed=needed)
+
     rng = np.random.default_rng(seed)
     dest = rng.permutation(n_cells)  # destination row of each source row
     shard_rows = chunk_size
     n_shards = -(-n_cells // shard_rows)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.mkdir()
+    with guard():
+        tmp.mkdir()
     try:
-        # Opening with mode="w" empties the folder, so it comes before the shard files.
-        group = zarr.open_group(tmp, mode="w", zarr_format=3)
-        shards = _ShardFiles(tmp / "_shuffle", n_shards)
+        with guard():
+            # Opening with mode="w" empties the folder, so it comes before the shard files.
+            group = zarr.open_group(tmp, mode="w", zarr_format=3)
+            shards = ShardFiles(tmp / "_shuffle", n_shards)
         try:
             nnz, all_integer, max_value = _route_rows(
                 matrix,
@@ -312,38 +289,41 @@ def create_store(
                 shards,
                 chunk_size,
                 matrix_name(layer),
+                guard,
             )
         finally:
-            shards.close()
+            with guard():
+                shards.close()
         dtype = _counts_dtype(all_integer, max_value)
-        _write_counts(group, shards, n_cells, n_genes, nnz, dtype, shard_rows)
-        shutil.rmtree(shards.root)
-        cell_index = np.argsort(dest)  # source row of each stored row
-        _write_array(group, "cell_index", cell_index.astype(np.int64))
-        _write_array(group, "labels", labels.codes[cell_index])
-        _write_array(group, "genes", np.asarray(adata.var_names[gene_idx], dtype=str))
-        if groups is not None:
-            _write_array(group, "groups", groups.codes[cell_index])
-        group.attrs.update(
-            {
-                "format": _keys.STORE_FORMAT,
-                "format_version": _keys.STORE_FORMAT_VERSION,
-                "ginseng_version": __version__,
-                "created": datetime.now(UTC).isoformat(timespec="seconds"),
-                "source": _source_description(adata, source),
-                "layer": layer if layer is not None else "X",
-                "label_key": label_key,
-                "label_names": labels.names.tolist(),
-                "group_key": group_key if group_key is not None else "",
-                "group_names": groups.names.tolist() if groups is not None else [],
-                "n_cells": n_cells,
-                "n_genes": int(n_genes),
-                "nnz": int(nnz),
-                "counts_dtype": dtype.name,
-                "shuffle_seed": int(seed),
-            }
-        )
-        _replace(tmp, path)
+        with guard():
+            _write_counts(group, shards, n_cells, n_genes, nnz, dtype, shard_rows)
+            shutil.rmtree(shards.root)
+            cell_index = np.argsort(dest)  # source row of each stored row
+            _write_array(group, "cell_index", cell_index.astype(np.int64))
+            _write_array(group, "labels", labels.codes[cell_index])
+            _write_array(group, "genes", np.asarray(adata.var_names[gene_idx], dtype=str))
+            if groups is not None:
+                _write_array(group, "groups", groups.codes[cell_index])
+            group.attrs.update(
+                {
+                    "format": _keys.STORE_FORMAT,
+                    "format_version": _keys.STORE_FORMAT_VERSION,
+                    "ginseng_version": __version__,
+                    "created": datetime.now(UTC).isoformat(timespec="seconds"),
+                    "source": _source_description(adata, source),
+                    "layer": layer if layer is not None else "X",
+                    "label_key": label_key,
+                    "label_names": labels.names.tolist(),
+                    "group_key": group_key if group_key is not None else "",
+                    "group_names": groups.names.tolist() if groups is not None else [],
+                    "n_cells": n_cells,
+                    "n_genes": int(n_genes),
+                    "nnz": int(nnz),
+                    "counts_dtype": dtype.name,
+                    "shuffle_seed": int(seed),
+                }
+            )
+            _replace(tmp, path)
     except BaseException:
         # Interrupts included: a failed create must leave nothing behind.
         shutil.rmtree(tmp, ignore_errors=True)

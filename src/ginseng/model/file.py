@@ -28,6 +28,7 @@ import numpy as np
 from .. import __version__
 from .._errors import InputError, ModelFormatError
 from .._keys import MODEL_FORMAT, MODEL_FORMAT_VERSION
+from .._write import write_error
 from .state import GinsengModelState, param_shapes
 
 _JSON_FIELDS = ("config", "settings", "metrics", "history", "provenance")
@@ -107,6 +108,8 @@ def save_model(state: GinsengModelState, path: str | os.PathLike) -> Path:
                 "temperature", data=np.float64(state.temperature)
             )
         tmp.replace(path)
+    except OSError as err:
+        raise write_error(err, path, "the model file") from err
     finally:
         tmp.unlink(missing_ok=True)
     return path
