@@ -22,23 +22,36 @@ def get_matrix(adata: AnnData, layer: str | None = None) -> Any:
 
     For backed AnnData, anndata keeps only ``X`` on disk and reads layers into memory
     on access; we open the layer's element in the file instead so that it stays out of
-    core too.
+    core too. The matrix's declared shape must match ``obs`` x ``var``: a file whose
+    matrix claims more rows or columns than it has cells or genes is refused before
+    anything is allocated for it.
     """
     if layer is None:
         if adata.X is None:
             raise InputError("adata.X is empty (None); pass layer= to name the counts layer.")
-        return adata.X
-    if layer not in adata.layers.keys():
+        matrix = adata.X
+    elif layer not in adata.layers.keys():
         available = ", ".join(map(repr, adata.layers.keys())) or "none"
         raise InputError(f"Layer {layer!r} not found in adata.layers (available: {available}).")
-    if adata.isbacked:
+    elif adata.isbacked:
         from anndata.io import sparse_dataset
 
         element = adata.file[f"layers/{layer}"]
-        if hasattr(element, "attrs") and element.attrs.get("encoding-type", "").endswith("_matrix"):
-            return sparse_dataset(element)
-        return element
-    return adata.layers[layer]
+        is_sparse = hasattr(element, "attrs") and element.attrs.get("encoding-type", "").endswith(
+            "_matrix"
+        )
+        matrix = sparse_dataset(element) if is_sparse else element
+    else:
+        matrix = adata.layers[layer]
+    shape = tuple(int(n) for n in matrix.shape)
+    if shape != (adata.n_obs, adata.n_vars):
+        where = f" of {str(adata.filename)!r}" if adata.isbacked else ""
+        raise InputError(
+            f"{matrix_name(layer)}{where} declares shape {shape}, but the AnnData has "
+            f"{adata.n_obs} cells (obs) x {adata.n_vars} genes (var): the file is damaged "
+            "or was written inconsistently."
+        )
+    return matrix
 
 
 def _as_csr(block: Any) -> sp.csr_matrix:

@@ -25,6 +25,7 @@ from .. import _keys
 from .._errors import DownloadError, GinsengError, InputError
 from .._logging import logger, progress
 from .._settings import settings
+from ._declared import check_file
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -165,6 +166,7 @@ def read_adata(
 def _read(path: Path, fmt: str, *, prefix: str, backed: str | None, label: str) -> AnnData:
     """Call the anndata/scanpy reader for ``fmt``; any failure becomes an InputError."""
     try:
+        check_file(path, fmt, label)
         if fmt == "h5ad":
             import anndata
 
