@@ -342,9 +342,8 @@ def test_predictions_plot_with_scanpy_in_stable_colors(toy_trained, query):
     categories = list(subset.obs["ginseng_cell_type"].cat.categories)
     assert "type_0" not in categories  # only labels that occur are categories
     gs.tl.classify(query, state)
-    full = dict(
-        zip(query.obs["ginseng_cell_type"].cat.categories, query.uns["ginseng_cell_type_colors"])
-    )
+    pred = query.obs["ginseng_cell_type"]
+    full = dict(zip(pred.cat.categories, query.uns["ginseng_cell_type_colors"], strict=True))
     # The same label has the same colour whichever labels a dataset contains.
     assert colors == [full[label] for label in categories]
     ax = sc.pl.umap(subset, color="ginseng_cell_type", show=False)

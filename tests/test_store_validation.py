@@ -32,7 +32,7 @@ def _chunk_files(path: Path, array: str) -> list[Path]:
 def test_intact_store_opens_and_streams(store):
     ds = GinsengDataset(store)
     X, y = next(ds.stream(64, split="all", shuffle=False))
-    assert X.shape == (64, ds.n_genes)
+    assert X.shape == (64, ds.n_genes) and y.shape == (64,)
 
 
 def test_decreasing_indptr_is_refused(store):

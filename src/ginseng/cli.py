@@ -60,6 +60,7 @@ def _train(args: argparse.Namespace) -> int:
 def _annotate(args: argparse.Namespace) -> int:
     import ginseng as gs
 
+    from .data._atomic import new_file
     from .tl._classify import results_table
 
     adata = _read(args.input, backed=True)
@@ -75,11 +76,14 @@ def _annotate(args: argparse.Namespace) -> int:
         table = gs.tl.classify(adata, args.model, return_table=True, **options)
     else:
         gs.tl.classify(adata, args.model, **options)
-        adata.write_h5ad(args.out)
+        # Written aside and renamed: a kill never leaves a partial file at --out.
+        with new_file(args.out, "the annotated AnnData") as staged:
+            adata.write_h5ad(staged)
         print(f"annotated data written to {args.out}")
         table = results_table(adata)  # the same table, without classifying twice
     if args.table is not None:
-        table.to_csv(args.table)
+        with new_file(args.table, "the predictions table") as staged:
+            table.to_csv(staged)
         print(f"predictions for {len(table)} cells written to {args.table}")
     counts = table["ginseng_cell_type"].value_counts()
     print("predicted cell types:\n" + counts[counts > 0].to_string())

@@ -140,41 +140,40 @@ def write_back(query: Query, *, obsm_keys: list[str], uns_keys: list[str]) -> No
     """Write ``obs``, the given ``obsm`` and ``uns`` entries of ``query.adata`` into its file.
 
     Only these elements are replaced; X, layers and everything else in the file stay
-    as they were.
+    as they were. The update is crash-safe: it is written into a staged copy that
+    replaces the file in one atomic rename (:func:`ginseng.data._atomic.staged_update`),
+    so a killed process leaves the file as it was or fully updated.
     """
     from anndata.io import write_elem
 
+    from ..data._atomic import staged_update
+
     adata, path = query.adata, query.file
-    if query.fmt == "h5ad":
-        import h5py
-
-        reopen = adata.isbacked and adata.file.is_open
-        mode = adata.file._filemode if reopen else None
-        if reopen and mode == "r+":
-            group = adata.file._file
-            _write_elements(group, adata, obsm_keys, uns_keys, write_elem)
-            return
-        if reopen:
-            adata.file.close()
-        try:
-            with h5py.File(path, "r+") as group:
-                _write_elements(group, adata, obsm_keys, uns_keys, write_elem)
-        except OSError as error:
-            raise InputError(f"Could not write results into {path}: {error}") from error
-        finally:
-            if reopen:
-                adata.file.open(path, mode)
-    elif query.fmt == "zarr":
-        import zarr
-
-        group = zarr.open_group(path, mode="r+", use_consolidated=False)
-        _write_elements(group, adata, obsm_keys, uns_keys, write_elem)
-        # anndata writes consolidated metadata; refresh it so readers see the new keys.
-        zarr.consolidate_metadata(str(path))
-    else:
+    if query.fmt not in ("h5ad", "zarr"):
         raise InputError(
             "write=True needs an .h5ad or AnnData .zarr file (a path or a backed AnnData)."
         )
+    reopen = query.fmt == "h5ad" and adata.isbacked and adata.file.is_open
+    mode = adata.file._filemode if reopen else None
+    if reopen:
+        adata.file.close()  # the staged copy replaces the file we had open
+    try:
+        with staged_update(path, "classify's results") as staged:
+            if query.fmt == "h5ad":
+                import h5py
+
+                with h5py.File(staged, "r+") as group:
+                    _write_elements(group, adata, obsm_keys, uns_keys, write_elem)
+            else:
+                import zarr
+
+                group = zarr.open_group(staged, mode="r+", use_consolidated=False)
+                _write_elements(group, adata, obsm_keys, uns_keys, write_elem)
+                # anndata writes consolidated metadata; refresh it so readers see the new keys.
+                zarr.consolidate_metadata(str(staged))
+    finally:
+        if reopen:
+            adata.file.open(path, mode)
     logger.info("wrote obs, obsm %s and uns %s into %s", obsm_keys, uns_keys, path)
 
 
