@@ -27,7 +27,7 @@ from .. import _keys
 from .._errors import InputError, StoreError
 from .._logging import logger, progress
 from ._chunks import FlatArrayWriter
-from ._inputs import encode_obs_column, select_genes
+from ._inputs import encode_labels, encode_obs_column, select_genes
 from ._matrix import check_counts, get_matrix, iter_row_chunks, matrix_name
 
 # Values per compressed chunk of the flat CSR arrays. zarr's per-chunk overhead
@@ -282,7 +282,7 @@ def create_store(
         raise InputError(
             f"Cannot create a store from an empty AnnData ({adata.n_obs} cells x {adata.n_vars} genes)."
         )
-    labels = encode_obs_column(adata, label_key, role="label_key")
+    labels = encode_labels(adata, label_key)
     groups = (
         encode_obs_column(adata, group_key, role="group_key") if group_key is not None else None
     )
