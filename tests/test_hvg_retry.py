@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 import anndata as ad
 import numpy as np
@@ -38,8 +39,9 @@ def tied() -> ad.AnnData:
 
 
 def _scanpy_fails(adata: ad.AnnData, **kwargs) -> None:
+    n_top = min(200, adata.n_vars // 2)
     with pytest.raises(ValueError, match=r"svddc|singular|condition"):
-        sc.pp.highly_variable_genes(adata.copy(), flavor="seurat_v3", n_top_genes=200, **kwargs)
+        sc.pp.highly_variable_genes(adata.copy(), flavor="seurat_v3", n_top_genes=n_top, **kwargs)
 
 
 def _refits(caplog) -> list[logging.LogRecord]:
@@ -74,28 +76,49 @@ def test_singular_fit_is_refitted_on_distinct_means(tied, caplog):
     assert overlap.size >= 190
 
 
-def test_refit_is_the_documented_weighted_fit(tied):
-    """Recompute variances_norm with skmisc directly from the documented refit."""
-    X = tied.X.toarray().astype(np.float64)
+def _weighted_fit_norm_var(X: np.ndarray, span: float) -> np.ndarray:
+    """seurat_v3 normalised variances with the documented refit, computed with skmisc."""
     n = X.shape[0]
     mean, var = X.mean(0), X.var(0, ddof=1)
     varying = var > 0
     x, y = np.log10(mean[varying]), np.log10(var[varying])
     distinct, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
     model = loess(
-        distinct, np.bincount(inverse, weights=y) / counts, span=0.3, degree=2, weights=counts
+        distinct, np.bincount(inverse, weights=y) / counts, span=span, degree=2, weights=counts
     )
     model.fit()
     fitted = np.zeros(X.shape[1])
     fitted[varying] = model.outputs.fitted_values[inverse]
     std = np.sqrt(10**fitted)
     clipped = np.minimum(X, mean + std * np.sqrt(n))
-    expected = ((clipped - mean) ** 2).sum(0) / ((n - 1) * std**2)
+    return ((clipped - mean) ** 2).sum(0) / ((n - 1) * std**2)
 
+
+def test_refit_is_the_documented_weighted_fit(tied):
+    """Recompute variances_norm with skmisc directly from the documented refit."""
+    expected = _weighted_fit_norm_var(tied.X.toarray().astype(np.float64), 0.3)
     table = gs.pp.select_hvgs(tied, n_top_genes=200, inplace=False, chunk_size=97)
     np.testing.assert_allclose(table["variances_norm"], expected, rtol=1e-9)
     top = np.argsort(-expected, kind="stable")[:200]
     assert set(np.flatnonzero(table["selected"].to_numpy())) == set(top)
+
+
+def test_few_distinct_means_fall_back_to_a_larger_span(caplog):
+    """40 genes with 8 distinct means: span=0.3 fails even on the distinct means."""
+    counts = np.zeros((50, 40), dtype=np.float32)
+    for j in range(40):
+        counts[np.arange(j % 8 + 1) + j % 7, j] = 1
+    adata = ad.AnnData(sp.csr_matrix(counts))
+    _scanpy_fails(adata)
+    X = counts.astype(np.float64)
+    with caplog.at_level(logging.WARNING, logger="ginseng"):
+        table = gs.pp.select_hvgs(adata, n_top_genes=10, inplace=False)
+    (record,) = _refits(caplog)
+    span = float(re.search(r"with span=([\d.]+)\.$", record.getMessage()).group(1))
+    assert span in (0.5, 0.75, 1.0)
+    assert "on the 8 distinct means" in record.getMessage()
+    np.testing.assert_allclose(table["variances_norm"], _weighted_fit_norm_var(X, span), rtol=1e-9)
+    assert table["selected"].sum() == 10
 
 
 def test_refit_within_one_batch(caplog):
