@@ -67,21 +67,17 @@ def _model_paths(n_model_genes: int) -> tuple[Path, Path, Path]:
 
 def child_prepare(n_train: str, n_genes: str, n_model_genes: str, epochs: str) -> dict:
     """Draw the training cells, select genes, train and cache both models."""
-    import anndata as ad
     import celltypist
     import scanpy as sc
-    import scipy.sparse as sp
-    from synthetic import _Model
 
     import ginseng as gs
     from ginseng.data.io import save_model
 
     gs.settings.progress_bar = False
     n_train, n_genes, n_model_genes = int(n_train), int(n_genes), int(n_model_genes)
-    model = _Model(n_train, n_genes, 10, 3, 2000, 0, False)
-    model.seed = TRAIN_NOISE_SEED  # _block seeds its noise from (seed, block)
-    train = ad.AnnData(
-        X=sp.vstack(list(model.blocks()), format="csr"), obs=model.obs(), var=model.var()
+    # The queries' profiles (seed 0), new cells: the counts are drawn with another seed.
+    train = gs.datasets.synthetic_counts(
+        n_train, n_genes, sorted_by_label=False, seed=0, noise_seed=TRAIN_NOISE_SEED
     )
     train.obs_names = [f"train_{i}" for i in range(n_train)]
     gs.pp.select_hvgs(train, n_top_genes=n_model_genes)

@@ -1,11 +1,8 @@
-"""select_hvgs against scanpy, chunked and backed, and the synthetic count generator."""
+"""select_hvgs against scanpy, chunked and backed."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import warnings
-from pathlib import Path
 
 import anndata as ad
 import numpy as np
@@ -17,21 +14,6 @@ import scipy.sparse as sp
 import ginseng as gs
 from ginseng._errors import InputError
 from ginseng.utils import select_hvgs
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load_synthetic():
-    spec = importlib.util.spec_from_file_location(
-        "_ginseng_synthetic", ROOT / "benchmarks/synthetic.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-synthetic = _load_synthetic()
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +32,7 @@ def pbmc() -> ad.AnnData:
 
 @pytest.fixture(scope="module")
 def synth() -> ad.AnnData:
-    return synthetic.make_synthetic_adata(1500, 1200, n_types=5, seed=3)
+    return gs.datasets.synthetic_counts(1500, 1200, n_types=5, seed=3)
 
 
 def _scanpy_v3(adata, n, batch_key=None) -> pd.Index:
@@ -260,21 +242,3 @@ def test_bad_data(synth):
     tiny.obs["one"] = ["a"] + ["b"] * 39
     with pytest.raises(InputError, match="batch 'a'"):
         select_hvgs(tiny, 10, batch_key="one")
-
-
-def test_synthetic_writer_matches_in_memory(tmp_path):
-    kwargs = {"n_types": 4, "seed": 7, "n_batches": 2, "mean_umis": 500}
-    path = synthetic.write_synthetic_h5ad(tmp_path / "s.h5ad", 5000, 300, chunk_size=3000, **kwargs)
-    on_disk = ad.read_h5ad(path)
-    in_memory = synthetic.make_synthetic_adata(5000, 300, **kwargs)
-    assert (on_disk.X != in_memory.X).nnz == 0
-    pd.testing.assert_frame_equal(on_disk.obs, in_memory.obs)
-    pd.testing.assert_frame_equal(on_disk.var, in_memory.var)
-    X = on_disk.X
-    assert X.dtype == np.float32 and X.has_canonical_format
-    assert np.array_equal(X.data, np.round(X.data)) and X.data.min() >= 1
-    assert 0.05 < X.nnz / np.prod(X.shape) < 0.9
-    codes = on_disk.obs["cell_type"].cat.codes.to_numpy()
-    assert np.all(np.diff(codes) >= 0)
-    shuffled = synthetic.make_synthetic_adata(300, 50, sorted_by_label=False, seed=1)
-    assert np.any(np.diff(shuffled.obs["cell_type"].cat.codes.to_numpy()) < 0)

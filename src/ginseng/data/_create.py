@@ -26,7 +26,7 @@ from .._errors import InputError, StoreError
 from .._logging import logger, progress
 from .._write import check_free_space, writing
 from ._chunks import FlatArrayWriter
-from ._inputs import encode_obs_column, select_genes
+from ._inputs import encode_labels, encode_obs_column, select_genes
 from ._matrix import check_counts, get_matrix, iter_row_chunks, matrix_name
 from ._shuffle import ShardFiles
 
@@ -249,7 +249,7 @@ def create_store(
         raise InputError(
             f"Cannot create a store from an empty AnnData ({adata.n_obs} cells x {adata.n_vars} genes)."
         )
-    labels = encode_obs_column(adata, label_key, role="label_key")
+    labels = encode_labels(adata, label_key)
     groups = (
         encode_obs_column(adata, group_key, role="group_key") if group_key is not None else None
     )

@@ -6,8 +6,11 @@ bad request fails in milliseconds, before any count is read or any file is writt
 
 from __future__ import annotations
 
+import inspect
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -61,6 +64,45 @@ def encode_obs_column(adata: AnnData, key: str, *, role: str) -> Codes:
             "give those cells a label or drop them."
         )
     return Codes(codes, names)
+
+
+def encode_labels(adata: AnnData, key: str) -> Codes:
+    """Encode the ``label_key`` column, refusing what cannot train a classifier.
+
+    Refused (:class:`~ginseng.InputError` naming ``key`` and the counts): no labelled cell
+    (no cells, or every value missing), any missing or empty label (see
+    :func:`encode_obs_column`), and a single label. A label with one cell cannot have
+    cells on both sides of the holdout split: it is named in a :class:`UserWarning` and,
+    in the label-stratified split, kept in training and absent from the holdout.
+    """
+    if key in adata.obs.columns:
+        n_missing = int(adata.obs[key].isna().sum())
+        if adata.n_obs == 0 or n_missing == adata.n_obs:
+            raise InputError(
+                f"label_key={key!r} has no labelled cells: {n_missing} of {adata.n_obs} "
+                f"values of adata.obs[{key!r}] are missing."
+            )
+    labels = encode_obs_column(adata, key, role="label_key")
+    counts = np.bincount(labels.codes, minlength=labels.names.size)
+    if labels.names.size < 2:
+        raise InputError(
+            f"label_key={key!r} holds a single label ({str(labels.names[0])!r}, {adata.n_obs} "
+            "cells); a classifier needs at least 2 labels."
+        )
+    if np.any(singletons := counts < 2):
+        named = ", ".join(
+            f"{str(name)!r} ({n} cell)"
+            for name, n in zip(labels.names[singletons], counts[singletons], strict=True)
+        )
+        warnings.warn(
+            f"adata.obs[{key!r}] has {int(singletons.sum())} label(s) with a single cell, "
+            f"which cannot be on both sides of the holdout: {named}. They are kept in "
+            "training and absent from the holdout (with a label-stratified split), so the "
+            "holdout metrics and the calibration do not cover them.",
+            UserWarning,
+            stacklevel=_caller_outside_ginseng(),
+        )
+    return labels
 
 
 def select_genes(adata: AnnData, genes: str | Sequence[str] | np.ndarray | None) -> np.ndarray:
@@ -126,3 +168,12 @@ def select_genes(adata: AnnData, genes: str | Sequence[str] | np.ndarray | None)
 
 def _describe(genes) -> str:
     return repr(genes) if isinstance(genes, str) else f"<{type(genes).__name__}>"
+
+
+def _caller_outside_ginseng() -> int:
+    """``stacklevel`` that points a warning raised here at the first caller outside ginseng."""
+    package = str(Path(__file__).resolve().parents[1])
+    frame, level = inspect.currentframe(), 0
+    while frame is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(package):
+        frame, level = frame.f_back, level + 1
+    return max(level, 1)

@@ -35,14 +35,13 @@ def train_test(
 def label_stratified(labels: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
     """Return sorted test rows holding ``fraction`` of the cells of every label.
 
-    Every label with two or more cells gets at least one cell on each side.
+    Every label with two or more cells gets at least one cell on each side; a label
+    with a single cell stays in training.
     """
     test = []
     for code in np.unique(labels):
         rows = np.flatnonzero(labels == code)
-        n_test = round(fraction * rows.size)
-        if rows.size >= 2:
-            n_test = min(max(n_test, 1), rows.size - 1)
+        n_test = min(max(round(fraction * rows.size), 1), rows.size - 1)
         test.append(rng.choice(rows, size=n_test, replace=False))
     return np.sort(np.concatenate(test)).astype(np.int64)
 

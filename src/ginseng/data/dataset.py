@@ -105,7 +105,11 @@ class GinsengDataset:
             An AnnData (in memory or backed), or a path/URL read with
             :func:`ginseng.data.io.read_adata` (``.h5ad`` files are read backed).
         label_key
-            Column of ``adata.obs`` with the cell-type labels (no missing or empty value).
+            Column of ``adata.obs`` with the cell-type labels: no missing or empty value,
+            at least two labels. A label with a single cell is named in a
+            :class:`UserWarning`: it cannot be on both sides of a holdout, so the
+            label-stratified split (:meth:`make_split`) keeps it in training and the
+            holdout metrics and calibration do not cover it.
         layer
             Layer with raw counts; ``None`` uses ``adata.X``.
         genes
@@ -130,8 +134,8 @@ class GinsengDataset:
         Raises
         ------
         InputError
-            Missing ``label_key``/``group_key``/``layer``, missing or empty labels, a
-            ``genes`` column that is missing or not boolean, zero genes, negative or
+            Missing ``label_key``/``group_key``/``layer``, missing or empty labels, no
+            labelled cell, a single label, a ``genes`` column that is missing or not boolean, zero genes, negative or
             non-finite values, an empty AnnData, an existing ``path`` without
             ``overwrite=True``.
 
@@ -269,7 +273,8 @@ class GinsengDataset:
         stratify_group
             Put whole groups (the store's ``group_key``) on one side, so that no batch
             or donor is seen in both. Otherwise the split is stratified by label: every
-            label with at least two cells has cells on both sides.
+            label with at least two cells has cells on both sides, and a label with a
+            single cell stays in ``"train"``.
         group_mode
             With ``stratify_group``: ``"fraction"`` chooses groups so the realised test
             cell fraction is as close as possible to ``fraction``; ``"groups"`` puts

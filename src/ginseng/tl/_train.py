@@ -44,7 +44,12 @@ def train(
         Annotated data, in memory or backed, or a path/URL read with
         :func:`ginseng.data.io.read_adata` (``.h5ad`` files are read backed).
     label_key
-        Column of ``adata.obs`` with the cell-type labels.
+        Column of ``adata.obs`` with the cell-type labels. Refused with an
+        :class:`~ginseng.InputError` naming the column and the counts: no labelled cell
+        (every value missing), any missing or empty label, a single label. A label with a
+        single cell is named in a :class:`UserWarning` and kept in training; it is absent
+        from the (label-stratified) holdout, so the holdout metrics and the calibration
+        do not cover it.
     layer
         Layer holding raw counts; ``None`` uses ``adata.X``. After the usual scanpy
         preprocessing the counts are typically in ``layer="counts"``.

@@ -1,10 +1,9 @@
 """Highly variable genes from raw counts, computed chunk by chunk.
 
-The statistics are per-gene sums over cells, so they are accumulated over row chunks
-(in float64) and memory stays bounded by ``chunk_size`` rows whether the AnnData is in
-memory or backed. The per-batch arithmetic mirrors scanpy's ``highly_variable_genes``
-step by step (including squares taken in float32 for float32 data and the order of
-ties) so that the selection is the one scanpy makes on the same counts.
+The per-gene sums come from :mod:`ginseng.utils._hvg_stats` (row chunks, bounded
+memory); this module turns them into the selection scanpy's ``highly_variable_genes``
+makes (including the order of ties), and refits the seurat_v3 variance trend on the
+distinct means when skmisc's loess fit is singular (see :func:`select_hvgs`).
 """
 
 from __future__ import annotations
@@ -15,20 +14,19 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 from anndata import AnnData
 
 from .._errors import InputError
 from .._keys import UNS_KEY, VAR_GENES, VAR_HVG_RANK
-from .._logging import logger, progress, timed
+from .._logging import logger, timed
 from .._settings import settings
-from ..data._matrix import check_counts, get_matrix, iter_row_chunks, matrix_name
+from ..data._matrix import get_matrix, matrix_name
+from ._hvg_stats import ChunkReader, mean_var
 
 _FLAVORS = ("seurat_v3", "seurat")
 _N_BINS = 20
-_TARGET_SUM = 1e4
-# Stored values handled at once inside a chunk (bounds the float64 temporaries).
-_SLICE_NNZ = 1 << 21
+# Spans tried, after ``span`` itself, when the fit on distinct means fails too.
+_RETRY_SPANS = (0.5, 0.75, 1.0)
 
 
 def select_hvgs(
@@ -54,6 +52,18 @@ def select_hvgs(
       ``mean + sqrt(n_cells) * std``. With ``batch_key``, genes are ranked within each
       batch and ordered by median rank, ties broken by the number of batches in which
       they are among the top ``n_top_genes``.
+
+      When the loess fit is singular (skmisc's ``svddc failed``, ``reciprocal condition
+      number``, ``near singularities``; scanpy raises then), the cause is nearly always
+      many genes sharing exactly one mean, typically genes detected in one or two cells
+      with the same counts, more so within small batches: a local quadratic fit then sees
+      fewer than three distinct means. The fit is then retried on the distinct means,
+      each one point at the average log variance of its genes and weighted by their
+      number, with the same ``span``, then with ``span`` 0.5, 0.75 and 1 if needed; every
+      gene gets the trend at its mean. Where no two genes share a mean this is the plain
+      fit. A warning on the ``"ginseng"`` logger names the batch, the number of tied
+      genes and the span used. The selection then differs from scanpy's only in that
+      scanpy has none.
     - ``"seurat"``: each cell is normalised to 10,000 counts and log1p-transformed on the
       fly (the input is not modified); genes are ranked by dispersion normalised within
       20 bins of mean expression. With ``batch_key``, genes are ordered by the number of
@@ -74,7 +84,8 @@ def select_hvgs(
     batch_key
         Column of ``adata.obs`` with batches in which genes are ranked separately.
     span
-        Fraction of genes used for each local loess fit (``"seurat_v3"`` only).
+        Fraction of genes used for each local loess fit (``"seurat_v3"`` only), in
+        ``(0, 1]``.
     chunk_size
         Cells read at once; defaults to ``ginseng.settings.chunk_size``. Does not change
         the result.
@@ -145,8 +156,8 @@ def select_hvgs(
             f"n_top_genes={n_top_genes} must be between 1 and the number of genes ({adata.n_vars})."
         )
     n_top_genes = int(n_top_genes)
-    if flavor == "seurat_v3" and not span > 0:
-        raise InputError(f"span must be positive, got {span!r}.")
+    if flavor == "seurat_v3" and not 0 < span <= 1:
+        raise InputError(f"span must be in (0, 1], got {span!r}.")
     chunk_size = settings.chunk_size if chunk_size is None else chunk_size
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise InputError(f"chunk_size must be a positive integer, got {chunk_size!r}.")
@@ -157,7 +168,7 @@ def select_hvgs(
     where = matrix_name(layer)
 
     with timed(f"selecting {n_top_genes} highly variable genes ({flavor}) from {where}"):
-        reader = _ChunkReader(matrix, chunk_size, codes, len(batches), where)
+        reader = ChunkReader(matrix, chunk_size, codes, len(batches), where)
         if flavor == "seurat_v3":
             table = _seurat_v3(reader, n_top_genes, span, batches)
         else:
@@ -199,128 +210,18 @@ def _batch_codes(adata: AnnData, batch_key: str | None) -> tuple[np.ndarray, pd.
     return codes.astype(np.intp), pd.Index(uniques)
 
 
-def _squares(data: np.ndarray) -> np.ndarray:
-    # scanpy squares float32 data in float32 before accumulating in float64; doing the
-    # same keeps the variances, hence near-ties in the ranking, identical.
-    if data.dtype == np.float32:
-        return (data * data).astype(np.float64)
-    data = data.astype(np.float64)
-    return data * data
-
-
-def _cell_scale(chunk: sp.csr_matrix) -> np.ndarray:
-    """Per-cell divisor of ``normalize_total(target_sum=1e4)``, in scanpy's precision."""
-    dtype = np.float64 if chunk.dtype == np.float64 else np.float32
-    totals = np.asarray(chunk.sum(axis=1, dtype=np.float64)).ravel().astype(dtype)
-    scale = totals / _TARGET_SUM
-    return scale + (scale == 0)
-
-
-def _log_roundtrip(data: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """``expm1(log1p(data / scale))`` as scanpy's seurat flavor sees normalised counts."""
-    data = data.astype(scale.dtype) / scale
-    np.log1p(data, out=data)
-    np.expm1(data, out=data)
-    return data
-
-
-class _ChunkReader:
-    """Per-batch, per-gene sums over the row chunks of a matrix."""
-
-    def __init__(self, matrix: Any, chunk_size: int, codes: np.ndarray, n_batches: int, where: str):
-        self.matrix = matrix
-        self.chunk_size = chunk_size
-        self.codes = codes
-        self.n_batches = n_batches
-        self.where = where
-        self.n_genes = int(matrix.shape[1])
-        self.n_cells = np.bincount(codes, minlength=n_batches)
-        self.checked = False
-
-    def sums(
-        self, *, normalise: bool = False, clip: np.ndarray | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Return per-batch sums and sums of squares, shape ``(n_batches, n_genes)``.
-
-        ``normalise`` sums normalised counts as the seurat flavor sees them; ``clip``
-        (``(n_batches, n_genes)``) caps each value before summing.
-        """
-        size = self.n_batches * self.n_genes
-        total, total_sq = np.zeros(size), np.zeros(size)
-        non_integer = False
-        n_chunks = math.ceil(self.matrix.shape[0] / self.chunk_size)
-        chunks = iter_row_chunks(self.matrix, self.chunk_size)
-        for rows, chunk in progress(chunks, total=n_chunks, desc="hvg", unit="chunk"):
-            if not self.checked:
-                check_counts(chunk, where=self.where)
-            scale = _cell_scale(chunk) if normalise else None
-            row_offset = self.codes[rows] * self.n_genes
-            indptr = chunk.indptr
-            # The float64 temporaries below take 8 bytes per stored value: walk the
-            # chunk in slices of rows so they stay small whatever chunk_size is.
-            step = max(1, chunk.shape[0] * _SLICE_NNZ // max(chunk.nnz, 1))
-            for r0 in range(0, chunk.shape[0], step):
-                r1 = min(r0 + step, chunk.shape[0])
-                data = chunk.data[indptr[r0] : indptr[r1]]
-                lengths = np.diff(indptr[r0 : r1 + 1])
-                if not self.checked and not non_integer:
-                    non_integer = bool(np.any(data != np.round(data)))
-                if scale is not None:
-                    data = _log_roundtrip(data, np.repeat(scale[r0:r1], lengths))
-                key = chunk.indices[indptr[r0] : indptr[r1]].astype(np.intp)
-                if self.n_batches > 1:
-                    key += np.repeat(row_offset[r0:r1], lengths)
-                if clip is None:
-                    values, squares = data.astype(np.float64), _squares(data)
-                else:
-                    values = np.minimum(data.astype(np.float64), clip.ravel()[key])
-                    squares = values * values
-                total += np.bincount(key, weights=values, minlength=size)
-                total_sq += np.bincount(key, weights=squares, minlength=size)
-        if not self.checked and non_integer:
-            warnings.warn(
-                f"{self.where} contains non-integer values; select_hvgs expects raw counts.",
-                UserWarning,
-                stacklevel=4,
-            )
-        self.checked = True
-        shape = (self.n_batches, self.n_genes)
-        return total.reshape(shape), total_sq.reshape(shape)
-
-
-def _mean_var(total: np.ndarray, total_sq: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    # Same formula and unbiased correction as scanpy's _get_mean_var.
-    mean = total / n
-    var = total_sq / n - mean**2
-    if n != 1:
-        var *= n / (n - 1)
-    return mean, var
-
-
-def _seurat_v3(reader: _ChunkReader, n_top: int, span: float, batches: pd.Index) -> pd.DataFrame:
-    try:
-        from skmisc.loess import loess
-    except ImportError as e:  # pragma: no cover - a declared dependency
-        raise ImportError("flavor='seurat_v3' needs scikit-misc: pip install scikit-misc") from e
-
+def _seurat_v3(reader: ChunkReader, n_top: int, span: float, batches: pd.Index) -> pd.DataFrame:
     total, total_sq = reader.sums()
-    means, variances = _mean_var(total.sum(0), total_sq.sum(0), int(reader.n_cells.sum()))
+    means, variances = mean_var(total.sum(0), total_sq.sum(0), int(reader.n_cells.sum()))
     batch_means, reg_std = np.empty_like(total), np.empty_like(total)
     for b, n in enumerate(reader.n_cells):
-        mean, var = _mean_var(total[b], total_sq[b], int(n))
+        mean, var = mean_var(total[b], total_sq[b], int(n))
         not_const = var > 0
         fitted = np.zeros(reader.n_genes)
-        n_fit = int(not_const.sum())
-        failure = f"cannot fit variance on mean in batch {batches[b]!r} ({n} cells, {n_fit} genes with non-zero variance, span={span})"
-        # skmisc crashes (rather than raising) when a local fit would get no point.
-        if math.floor(span * n_fit) < 3:
-            raise InputError(f"{failure}: too few genes vary.")
-        try:
-            model = loess(np.log10(mean[not_const]), np.log10(var[not_const]), span=span, degree=2)
-            model.fit()
-        except (ValueError, ArithmeticError) as e:
-            raise InputError(f"{failure}: {e}") from e
-        fitted[not_const] = model.outputs.fitted_values
+        where = f"batch {batches[b]!r} ({n} cells)" if len(batches) > 1 else f"{n} cells"
+        fitted[not_const] = _variance_trend(
+            np.log10(mean[not_const]), np.log10(var[not_const]), span, where
+        )
         batch_means[b], reg_std[b] = mean, np.sqrt(10**fitted)
     clip = reg_std * np.sqrt(reader.n_cells)[:, None] + batch_means
 
@@ -346,6 +247,70 @@ def _seurat_v3(reader: _ChunkReader, n_top: int, span: float, batches: pd.Index)
     if len(batches) > 1:
         table["median_rank"] = median_rank
     return _finish(table, order[:n_top], nbatches)
+
+
+def _loess(x: np.ndarray, y: np.ndarray, span: float, weights: np.ndarray | None) -> np.ndarray:
+    """Fitted values of skmisc's loess (``degree=2``); raises ValueError when singular."""
+    from skmisc.loess import loess
+
+    # skmisc crashes (rather than raising) when a local fit would get too few points.
+    if math.floor(span * x.size) < 3:
+        raise ValueError(f"too few points ({x.size}) for span={span}")
+    model = loess(x, y, span=span, degree=2, weights=weights)
+    model.fit()
+    return model.outputs.fitted_values
+
+
+def _reason(error: Exception) -> str:
+    """Return the message of a loess error (skmisc passes bytes)."""
+    arg = error.args[0] if error.args else error
+    return arg.decode(errors="replace") if isinstance(arg, bytes) else str(arg)
+
+
+def _variance_trend(
+    log_mean: np.ndarray, log_var: np.ndarray, span: float, where: str
+) -> np.ndarray:
+    """Loess fit of log variance on log mean, as scanpy; refit on distinct means if singular.
+
+    A local quadratic fit is singular when its window holds fewer than three distinct
+    means, which happens on real data when many genes share one mean (genes detected in
+    one or two cells with the same counts, more so in small batches). The refit collapses
+    the genes that share a mean into one point at their average log variance, weighted
+    by their number, with the same ``span`` over the distinct means, then with larger
+    spans (``_RETRY_SPANS``) if that fails too. Where no two genes share a mean the
+    refit is the plain fit, so it only changes the trend where scanpy's cannot be fitted.
+    """
+    failure = (
+        f"cannot fit variance on mean in {where}, {log_mean.size} genes with non-zero variance"
+    )
+    try:
+        return _loess(log_mean, log_var, span, None)
+    except (ValueError, ArithmeticError) as e:
+        first_error = f"span={span}: {_reason(e)}"
+    distinct, inverse, counts = np.unique(log_mean, return_inverse=True, return_counts=True)
+    avg_log_var = np.bincount(inverse, weights=log_var) / counts
+    n_tied = int(counts[counts > 1].sum())
+    errors = [first_error]
+    for retry_span in (span, *(s for s in _RETRY_SPANS if s > span)):
+        try:
+            fitted = _loess(distinct, avg_log_var, retry_span, counts.astype(np.float64))
+        except (ValueError, ArithmeticError) as e:
+            errors.append(f"distinct means, span={retry_span}: {_reason(e)}")
+            continue
+        logger.warning(
+            "select_hvgs: the loess fit of variance on mean in %s is singular (%s): %d of "
+            "%d genes share their mean with another gene, up to %d genes one mean. Refitted "
+            "on the %d distinct means (each weighted by its number of genes) with span=%g.",
+            where,
+            first_error,
+            n_tied,
+            log_mean.size,
+            int(counts.max()),
+            distinct.size,
+            retry_span,
+        )
+        return fitted[inverse]
+    raise InputError(f"{failure}, {distinct.size} distinct means: " + "; ".join(errors))
 
 
 def _dispersions(mean: np.ndarray, var: np.ndarray) -> pd.DataFrame:
@@ -386,10 +351,10 @@ def _top_by_dispersion(dispersions_norm: np.ndarray, n_top: int) -> np.ndarray:
     return np.nan_to_num(dispersions_norm, nan=-np.inf) >= cutoff
 
 
-def _seurat(reader: _ChunkReader, n_top: int, names: pd.Index) -> pd.DataFrame:
+def _seurat(reader: ChunkReader, n_top: int, names: pd.Index) -> pd.DataFrame:
     total, total_sq = reader.sums(normalise=True)
     if reader.n_batches == 1:
-        mean, var = _mean_var(total[0], total_sq[0], int(reader.n_cells[0]))
+        mean, var = mean_var(total[0], total_sq[0], int(reader.n_cells[0]))
         table = _dispersions(mean, var)
         scores = np.nan_to_num(table["dispersions_norm"].to_numpy(), nan=-np.inf)
         order = np.argsort(-scores, kind="stable")
@@ -402,7 +367,7 @@ def _seurat(reader: _ChunkReader, n_top: int, names: pd.Index) -> pd.DataFrame:
     nbatches = np.zeros(reader.n_genes, dtype=int)
     for b, n in enumerate(reader.n_cells):
         expressed = total[b] > 0
-        mean, var = _mean_var(total[b, expressed], total_sq[b, expressed], int(n))
+        mean, var = mean_var(total[b, expressed], total_sq[b, expressed], int(n))
         table = _dispersions(mean, var)
         per_batch[b][:, expressed] = table[columns].to_numpy().T
         nbatches[expressed] += _top_by_dispersion(table["dispersions_norm"].to_numpy(), n_top)
