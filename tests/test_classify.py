@@ -581,3 +581,36 @@ def test_seed_api_refuses_log_normalised_x_without_counts_layer(toy_trained, que
     query.layers["raw"] = sp.csr_matrix(np.expm1(query.X.toarray()))
     with pytest.raises(InputError, match=r"layers: 'raw'"):
         gs.classify(query, toy_trained.state)
+
+
+@pytest.mark.filterwarnings("ignore:Writing zarr v2 data:UserWarning")
+def test_path_inputs_that_cannot_be_classified(toy_trained, query, tmp_path):
+    state = toy_trained.state
+    with pytest.raises(InputError, match="adata must be an AnnData or a path to one, got int"):
+        gs.tl.classify(42, state)
+    missing = tmp_path / "nope.h5ad"
+    with pytest.raises(InputError, match=re.escape(f"{missing} does not exist")):
+        gs.tl.classify(missing, state)
+    path = tmp_path / "q.zarr"
+    query.write_zarr(path)  # layers["counts"] is there; "raw" is not
+    with pytest.raises(
+        InputError, match=re.escape(f"{path} has no 'layers/raw' (layers: 'counts')")
+    ):
+        gs.tl.classify(path, state, layer="raw")
+
+
+@pytest.mark.filterwarnings("ignore:Writing zarr v2 data:UserWarning")
+def test_seed_api_counts_fallback_on_a_zarr_path(toy_trained, query, tmp_path):
+    """The seed's layer="counts" default reads X of a store without that layer."""
+    state = toy_trained.state
+    reference = gs.tl.classify(query, state, return_table=True)
+    del query.layers["counts"]
+    path = tmp_path / "q.zarr"
+    query.write_zarr(path)
+    annotated = gs.classify(path, state)
+    pd.testing.assert_series_equal(
+        annotated.obs["ginseng_cell_type"], reference["ginseng_cell_type"]
+    )
+    assert "layer" not in annotated.uns["ginseng"]["classify"]["params"]  # X was used
+    with pytest.raises(InputError, match=re.escape(f"{path} has no 'layers/counts'")):
+        gs.tl.classify(path, state, layer="counts")  # no fallback outside the seed API

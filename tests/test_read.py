@@ -449,6 +449,16 @@ def test_redirects_are_followed_and_cached_under_the_first_url(server, cache_dir
         read_adata(f"{server.url}/moved/missing.h5ad")
 
 
+def test_cache_directory_that_cannot_be_created(server, tmp_path, monkeypatch):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    monkeypatch.setattr(gs.settings, "cache_dir", blocker / "cache")
+    url = f"{server.url}/counts.h5ad"
+    with pytest.raises(DownloadError, match=r"Cannot create the cache directory .*a_file/cache"):
+        read_adata(url)
+    assert server.requests == []  # refused before any network access
+
+
 def test_redirect_loop_is_refused_after_a_few_requests(server, cache_dir):
     url = f"{server.url}/loop.h5ad"
     with pytest.raises(DownloadError, match=rf"Could not download {re.escape(url)}: HTTP 302"):
