@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 import anndata as ad
 import numpy as np
@@ -435,3 +436,194 @@ def test_results_table_rebuilt_from_adata_equals_return_table(toy_trained, query
     pd.testing.assert_frame_equal(results_table(query), table)
     with pytest.raises(InputError, match="key_added='other'"):
         results_table(query, key_added="other")
+
+
+# --- documented options, each against a run that does not use it ------------------------
+
+
+def _snapshot(adata: ad.AnnData) -> tuple[pd.DataFrame, set, set]:
+    return adata.obs.copy(), set(adata.obsm.keys()), set(adata.uns.keys())
+
+
+def _assert_unchanged(adata: ad.AnnData, snapshot) -> None:
+    obs, obsm, uns = snapshot
+    pd.testing.assert_frame_equal(adata.obs, obs)
+    assert set(adata.obsm.keys()) == obsm and set(adata.uns.keys()) == uns
+
+
+def test_store_probabilities_false_writes_everything_but_obsm(toy_trained, query):
+    state = toy_trained.state
+    full = query.copy()
+    gs.tl.classify(full, state)
+    gs.tl.classify(query, state, store_probabilities=False)
+    assert "ginseng_probabilities" not in query.obsm and len(query.obsm) == 0
+    pd.testing.assert_frame_equal(query.obs, full.obs)
+    assert set(query.uns) == set(full.uns)
+    assert list(query.uns["ginseng_cell_type_colors"]) == list(full.uns["ginseng_cell_type_colors"])
+    entry, full_entry = query.uns["ginseng"]["classify"], full.uns["ginseng"]["classify"]
+    assert entry["params"].pop("store_probabilities") is False
+    assert full_entry["params"].pop("store_probabilities") is True
+    assert entry == full_entry
+
+
+def test_store_probabilities_false_writes_no_obsm_into_the_file(toy_trained, query, tmp_path):
+    path = tmp_path / "q.h5ad"
+    query.write_h5ad(path)
+    annotated = gs.tl.classify(path, toy_trained.state, write=True, store_probabilities=False)
+    annotated.file.close()
+    back = ad.read_h5ad(path)
+    assert "ginseng_probabilities" not in back.obsm
+    reference = gs.tl.classify(query, toy_trained.state, return_table=True)
+    pd.testing.assert_series_equal(back.obs["ginseng_cell_type"], reference["ginseng_cell_type"])
+
+
+def test_gene_key_column_is_used_instead_of_var_names(toy_trained, query):
+    state = toy_trained.state
+    reference = gs.tl.classify(query, state, return_table=True)
+    renamed = query.copy()
+    renamed.var["symbol"] = list(query.var_names)
+    # var_names that are model genes too, but the wrong ones: gene_key must win over them.
+    renamed.var_names = list(query.var_names[::-1])
+    gs.tl.classify(renamed, state, gene_key="symbol")
+    overlap = renamed.uns["ginseng"]["classify"]["gene_overlap"]
+    assert overlap["source"] == "var['symbol']" and overlap["n_found"] == state.n_genes
+    assert renamed.uns["ginseng"]["classify"]["params"]["gene_key"] == "symbol"
+    pd.testing.assert_series_equal(
+        renamed.obs["ginseng_cell_type"], reference["ginseng_cell_type"], check_index=False
+    )
+    np.testing.assert_array_equal(
+        renamed.obsm["ginseng_probabilities"], reference[list(state.labels)].to_numpy()
+    )
+    # Without gene_key the (reversed) var_names are used and the predictions change.
+    reversed_table = gs.tl.classify(renamed, state, return_table=True)
+    assert not np.allclose(reversed_table[list(state.labels)], reference[list(state.labels)])
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True, "100"])
+def test_batch_size_must_be_a_positive_integer(toy_trained, query, bad):
+    before = _snapshot(query)
+    with pytest.raises(
+        InputError, match=re.escape(f"batch_size must be a positive integer, got {bad!r}")
+    ):
+        gs.tl.classify(query, toy_trained.state, batch_size=bad)
+    _assert_unchanged(query, before)
+
+
+TABLE_REFUSAL = r"return_table=True leaves adata untouched; do not combine it with copy= or write="
+
+
+def test_return_table_refuses_copy_and_write(toy_trained, query, tmp_path):
+    state = toy_trained.state
+    before = _snapshot(query)
+    with pytest.raises(InputError, match=TABLE_REFUSAL):
+        gs.tl.classify(query, state, return_table=True, copy=True)
+    _assert_unchanged(query, before)
+    path = tmp_path / "q.h5ad"
+    query.write_h5ad(path)
+    stamp = path.read_bytes()
+    with pytest.raises(InputError, match=TABLE_REFUSAL):
+        gs.tl.classify(path, state, return_table=True, write=True)
+    assert path.read_bytes() == stamp
+    backed = ad.read_h5ad(path, backed="r+")
+    with pytest.raises(InputError, match=TABLE_REFUSAL):
+        gs.tl.classify(backed, state, return_table=True, write=True)
+    backed.file.close()
+    assert path.read_bytes() == stamp
+
+
+@pytest.mark.parametrize("bad", ["", None, 3])
+def test_key_added_must_be_a_non_empty_string(toy_trained, query, bad):
+    before = _snapshot(query)
+    with pytest.raises(
+        InputError, match=re.escape(f"key_added must be a non-empty string, got {bad!r}")
+    ):
+        gs.tl.classify(query, toy_trained.state, key_added=bad)
+    _assert_unchanged(query, before)
+
+
+def _write_10x_h5(path, adata: ad.AnnData) -> None:
+    """Cell Ranger v3 filtered_feature_bc_matrix.h5 of ``adata``'s counts."""
+    import h5py
+
+    matrix = sp.csc_matrix(adata.X.T).astype(np.int32)
+    with h5py.File(path, "w") as f:
+        m = f.create_group("matrix")
+        m["data"], m["indices"], m["indptr"] = matrix.data, matrix.indices, matrix.indptr
+        m["shape"] = np.array(matrix.shape, dtype=np.int32)
+        m["barcodes"] = np.array(adata.obs_names, dtype="S")
+        features = m.create_group("features")
+        features["id"] = np.array([f"ENSG{i:011d}" for i in range(adata.n_vars)], dtype="S")
+        features["name"] = np.array(adata.var_names, dtype="S")
+        features["feature_type"] = np.array(["Gene Expression"] * adata.n_vars, dtype="S")
+        features["genome"] = np.array(["GRCh38"] * adata.n_vars, dtype="S")
+        features["_all_tag_keys"] = np.array([b"genome"])
+
+
+def test_write_refused_for_a_file_neither_h5ad_nor_zarr(toy_trained, query, tmp_path):
+    state = toy_trained.state
+    path = tmp_path / "filtered_feature_bc_matrix.h5"
+    _write_10x_h5(path, query)
+    stamp = path.read_bytes()
+    with pytest.raises(InputError, match=r"write=True needs an \.h5ad or AnnData \.zarr") as info:
+        gs.tl.classify(path, state, write=True)
+    assert str(path) in str(info.value)
+    assert path.read_bytes() == stamp
+    # Without write= the same file is classified in memory, as an AnnData would be.
+    annotated = gs.tl.classify(path, state)
+    assert not annotated.isbacked and path.read_bytes() == stamp
+    reference = gs.tl.classify(query, state, return_table=True)
+    pd.testing.assert_series_equal(
+        annotated.obs["ginseng_cell_type"], reference["ginseng_cell_type"]
+    )
+
+
+def test_seed_api_refuses_log_normalised_x_without_counts_layer(toy_trained, query):
+    import scanpy as sc
+
+    del query.layers["counts"]
+    sc.pp.normalize_total(query, target_sum=1e4)
+    sc.pp.log1p(query)
+    before = _snapshot(query)
+    # layer="counts" (the default) falls back to X, which is checked like any counts.
+    with pytest.raises(InputError, match=r"adata\.X does not hold raw counts.*layer="):
+        gs.classify(query, toy_trained.state)
+    with pytest.raises(InputError, match=r"adata\.X does not hold raw counts"):
+        gs.classify(query, toy_trained.state, return_table=True)
+    _assert_unchanged(query, before)
+    # Another layer holding the counts is named in the message.
+    query.layers["raw"] = sp.csr_matrix(np.expm1(query.X.toarray()))
+    with pytest.raises(InputError, match=r"layers: 'raw'"):
+        gs.classify(query, toy_trained.state)
+
+
+@pytest.mark.filterwarnings("ignore:Writing zarr v2 data:UserWarning")
+def test_path_inputs_that_cannot_be_classified(toy_trained, query, tmp_path):
+    state = toy_trained.state
+    with pytest.raises(InputError, match="adata must be an AnnData or a path to one, got int"):
+        gs.tl.classify(42, state)
+    missing = tmp_path / "nope.h5ad"
+    with pytest.raises(InputError, match=re.escape(f"{missing} does not exist")):
+        gs.tl.classify(missing, state)
+    path = tmp_path / "q.zarr"
+    query.write_zarr(path)  # layers["counts"] is there; "raw" is not
+    with pytest.raises(
+        InputError, match=re.escape(f"{path} has no 'layers/raw' (layers: 'counts')")
+    ):
+        gs.tl.classify(path, state, layer="raw")
+
+
+@pytest.mark.filterwarnings("ignore:Writing zarr v2 data:UserWarning")
+def test_seed_api_counts_fallback_on_a_zarr_path(toy_trained, query, tmp_path):
+    """The seed's layer="counts" default reads X of a store without that layer."""
+    state = toy_trained.state
+    reference = gs.tl.classify(query, state, return_table=True)
+    del query.layers["counts"]
+    path = tmp_path / "q.zarr"
+    query.write_zarr(path)
+    annotated = gs.classify(path, state)
+    pd.testing.assert_series_equal(
+        annotated.obs["ginseng_cell_type"], reference["ginseng_cell_type"]
+    )
+    assert "layer" not in annotated.uns["ginseng"]["classify"]["params"]  # X was used
+    with pytest.raises(InputError, match=re.escape(f"{path} has no 'layers/counts'")):
+        gs.tl.classify(path, state, layer="counts")  # no fallback outside the seed API

@@ -35,11 +35,12 @@ def synth() -> ad.AnnData:
     return gs.datasets.synthetic_counts(1500, 1200, n_types=5, seed=3)
 
 
-def _scanpy_v3(adata, n, batch_key=None) -> pd.Index:
+def _scanpy_v3(adata, n, batch_key=None, span=0.3) -> pd.Index:
     """Genes scanpy selects with seurat_v3, in its order."""
     ref = sc.pp.highly_variable_genes(
-        adata.copy(), flavor="seurat_v3", n_top_genes=n, batch_key=batch_key, inplace=False
-    )
+        adata.copy(), flavor="seurat_v3", n_top_genes=n, batch_key=batch_key, span=span,
+        inplace=False,
+    )  # fmt: skip
     keys = ["highly_variable_rank"] + (["highly_variable_nbatches"] if batch_key else [])
     ref = ref.sort_values(keys, ascending=[True, False][: len(keys)], na_position="last")
     assert ref["highly_variable"].sum() == n
@@ -107,6 +108,24 @@ def test_seurat_v3_batches_match_scanpy(request, data, batch_key):
 def test_seurat_v3_matches_scanpy_synthetic(synth, n_top):
     table = select_hvgs(synth, n_top, inplace=False)
     assert _selected(table).equals(_scanpy_v3(synth, n_top))
+
+
+@pytest.mark.parametrize(("data", "span"), [("pbmc", 0.15), ("pbmc", 0.6), ("synth", 0.8)])
+def test_seurat_v3_span_matches_scanpy(request, data, span):
+    adata = request.getfixturevalue(data)
+    table = select_hvgs(adata, 100, span=span, inplace=False, chunk_size=128)
+    expected = _scanpy_v3(adata, 100, span=span)
+    assert _selected(table).equals(expected)
+    ref = sc.pp.highly_variable_genes(
+        adata.copy(), flavor="seurat_v3", n_top_genes=100, span=span, inplace=False
+    )
+    np.testing.assert_allclose(table["variances_norm"], ref["variances_norm"], rtol=1e-10)
+    # span reaches the loess fit: the normalised variances differ from the default span's.
+    default = select_hvgs(adata, 100, inplace=False, chunk_size=128)
+    assert not np.allclose(table["variances_norm"], default["variances_norm"], rtol=1e-3)
+    adata = adata.copy()  # the fixture is shared by the module
+    select_hvgs(adata, 100, span=span)
+    assert adata.uns["ginseng"]["select_hvgs"]["params"]["span"] == span
 
 
 @pytest.mark.parametrize("batch_key", [None, "phase"])

@@ -7,9 +7,13 @@ import json
 import logging
 import re
 import socket
+import ssl
 import threading
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from ipaddress import IPv4Address
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -295,6 +299,33 @@ def test_bad_arguments(h5ad_file):
 class _Handler(SimpleHTTPRequestHandler):
     def do_GET(self):
         self.server.requests.append(self.path)
+        self.server.user_agents.append(self.headers.get("User-Agent", ""))
+        for prefix, code in (("/moved/", 301), ("/found/", 302)):
+            if self.path.startswith(prefix):  # /moved/x -> /x, /found/moved/x -> /moved/x
+                self.send_response(code)
+                self.send_header("Location", "/" + self.path.removeprefix(prefix))
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+        if self.path == "/loop.h5ad":
+            self.send_response(302)
+            self.send_header("Location", "/loop.h5ad")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        if self.path.startswith("/status/"):
+            self.send_error(int(self.path.split("/")[2]))
+            return
+        if self.path.endswith("/stalled.h5ad"):
+            # Headers and a first part of the body, then silence until the test ends.
+            self.send_response(200)
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            self.wfile.write(b"\x89HDF\r\n\x1a\n")
+            self.wfile.flush()
+            self.server.release.wait(30)
+            self.close_connection = True
+            return
         if self.path.endswith("/truncated.h5ad"):
             # Promise more than we send, then hang up: a dropped connection mid-download.
             self.send_response(200)
@@ -310,22 +341,37 @@ class _Handler(SimpleHTTPRequestHandler):
         pass
 
 
+@contextmanager
+def _serve(root: Path, tls: ssl.SSLContext | None = None):
+    """A real HTTP(S) server on 127.0.0.1 serving ``root``, stopped on exit."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(_Handler, directory=str(root)))
+    if tls is not None:
+        httpd.socket = tls.wrap_socket(httpd.socket, server_side=True)
+    httpd.requests, httpd.user_agents = [], []
+    httpd.release = threading.Event()
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    scheme = "http" if tls is None else "https"
+    try:
+        yield SimpleNamespace(
+            root=root,
+            url=f"{scheme}://127.0.0.1:{httpd.server_port}",
+            requests=httpd.requests,
+            user_agents=httpd.user_agents,
+        )
+    finally:
+        httpd.release.set()  # let stalled handlers finish, so server_close can join them
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join()
+
+
 @pytest.fixture
 def server(tmp_path):
     root = tmp_path / "served"
     root.mkdir()
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(_Handler, directory=str(root)))
-    httpd.requests = []
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield SimpleNamespace(
-            root=root, url=f"http://127.0.0.1:{httpd.server_port}", requests=httpd.requests
-        )
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join()
+    with _serve(root) as served:
+        yield served
 
 
 def test_url_downloaded_once_then_cached(server, cache_dir, h5ad_file):
@@ -386,3 +432,215 @@ def test_interrupted_download_leaves_nothing(server, cache_dir):
     with pytest.raises(DownloadError):
         read_adata(url)
     assert server.requests == ["/truncated.h5ad", "/truncated.h5ad"]
+
+
+def test_redirects_are_followed_and_cached_under_the_first_url(server, cache_dir, h5ad_file):
+    (server.root / "counts.h5ad").write_bytes(h5ad_file.read_bytes())
+    url = f"{server.url}/found/moved/counts.h5ad"  # 302, then 301, then the file
+    np.testing.assert_array_equal(dense(read_adata(url).X), COUNTS)
+    assert server.requests == ["/found/moved/counts.h5ad", "/moved/counts.h5ad", "/counts.h5ad"]
+    assert set(server.user_agents) == {f"ginseng/{gs.__version__}"}
+    (cached,) = cache_dir.iterdir()
+    assert cached.name.endswith("-counts.h5ad") and cached.read_bytes() == h5ad_file.read_bytes()
+    read_adata(url)
+    assert len(server.requests) == 3  # cached under the URL asked for: no new request
+    # A redirect to a missing file is that file's HTTP error.
+    with pytest.raises(DownloadError, match=r"moved/missing\.h5ad: HTTP 404"):
+        read_adata(f"{server.url}/moved/missing.h5ad")
+
+
+def test_cache_directory_that_cannot_be_created(server, tmp_path, monkeypatch):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    monkeypatch.setattr(gs.settings, "cache_dir", blocker / "cache")
+    url = f"{server.url}/counts.h5ad"
+    with pytest.raises(DownloadError, match=r"Cannot create the cache directory .*a_file/cache"):
+        read_adata(url)
+    assert server.requests == []  # refused before any network access
+
+
+def test_redirect_loop_is_refused_after_a_few_requests(server, cache_dir):
+    url = f"{server.url}/loop.h5ad"
+    with pytest.raises(DownloadError, match=rf"Could not download {re.escape(url)}: HTTP 302"):
+        read_adata(url)
+    assert 2 <= len(server.requests) <= 11
+    assert not cache_dir.exists() or not any(cache_dir.iterdir())
+
+
+@pytest.mark.parametrize("status", [403, 500, 503])
+def test_http_errors(server, cache_dir, status):
+    url = f"{server.url}/status/{status}"
+    with pytest.raises(DownloadError, match=rf"Could not download {re.escape(url)}: HTTP {status}"):
+        read_adata(url)
+    assert not cache_dir.exists() or not any(cache_dir.iterdir())
+
+
+@pytest.fixture
+def short_timeout(monkeypatch):
+    """The socket timeout of downloads, 60 s in the code, shortened for the test."""
+    from ginseng.data import _read
+
+    monkeypatch.setattr(_read, "_DOWNLOAD_TIMEOUT_S", 0.5)
+
+
+def test_server_that_never_answers_times_out(cache_dir, short_timeout):
+    # A socket that listens but never accepts: the connection is made (by the kernel) and
+    # the request sent, but no response ever comes. Closing it after 20 s bounds the test
+    # if the timeout were lost (the error would then be a reset, failing the match).
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(1)
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/counts.h5ad"
+        guard = threading.Timer(20, sock.close)
+        guard.start()
+        try:
+            with pytest.raises(DownloadError, match=rf"{re.escape(url)}.*timed out"):
+                read_adata(url)
+        finally:
+            guard.cancel()
+    assert not cache_dir.exists() or not any(cache_dir.iterdir())
+
+
+def test_server_that_stalls_mid_download_times_out(server, cache_dir, short_timeout):
+    url = f"{server.url}/stalled.h5ad"
+    with pytest.raises(DownloadError, match=rf"Download of {re.escape(url)} failed: .*timed out"):
+        read_adata(url)
+    assert list(cache_dir.iterdir()) == []  # no partial file either
+    assert server.requests == ["/stalled.h5ad"]
+
+
+# --- HTTPS, with a certificate authority made here -----------------------------------------
+
+
+def _certificate_authority(directory: Path, *, host_ip: str | None, host_dns: str | None):
+    """Write ``ca.pem`` (a self-signed authority) and a server certificate it signed.
+
+    The server certificate names ``host_ip`` and/or ``host_dns``; returns the paths of
+    the authority's certificate, the server's certificate and its key.
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.now(UTC)
+
+    def build(subject, issuer, public_key, extensions, signing_key):
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(minutes=5))
+            .not_valid_after(now + timedelta(days=1))
+        )
+        for extension, critical in extensions:
+            builder = builder.add_extension(extension, critical=critical)
+        return builder.sign(signing_key, hashes.SHA256())
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = build(
+        "ginseng test CA", "ginseng test CA", ca_key.public_key(),
+        [
+            (x509.BasicConstraints(ca=True, path_length=None), True),
+            (x509.KeyUsage(
+                digital_signature=True, key_cert_sign=True, crl_sign=True,
+                content_commitment=False, key_encipherment=False, data_encipherment=False,
+                key_agreement=False, encipher_only=False, decipher_only=False,
+            ), True),
+            (x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False),
+        ],
+        ca_key,
+    )  # fmt: skip
+    names = []
+    if host_ip is not None:
+        names.append(x509.IPAddress(IPv4Address(host_ip)))
+    if host_dns is not None:
+        names.append(x509.DNSName(host_dns))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = build(
+        host_dns or host_ip, "ginseng test CA", key.public_key(),
+        [
+            (x509.BasicConstraints(ca=False, path_length=None), True),
+            (x509.SubjectAlternativeName(names), False),
+            (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False),
+            (x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False),
+        ],
+        ca_key,
+    )  # fmt: skip
+    pem = serialization.Encoding.PEM
+    paths = directory / "ca.pem", directory / "server.pem", directory / "server.key"
+    paths[0].write_bytes(ca.public_bytes(pem))
+    paths[1].write_bytes(cert.public_bytes(pem))
+    paths[2].write_bytes(
+        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return paths
+
+
+@contextmanager
+def _https_server(tmp_path, h5ad_file, **names):
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    ca, cert, key = _certificate_authority(certs, **names)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    root = tmp_path / "served"
+    root.mkdir()
+    (root / "counts.h5ad").write_bytes(h5ad_file.read_bytes())
+    with _serve(root, tls) as served:
+        served.ca = ca
+        yield served
+
+
+@pytest.fixture
+def https_server(tmp_path, h5ad_file):
+    with _https_server(tmp_path, h5ad_file, host_ip="127.0.0.1", host_dns="localhost") as served:
+        yield served
+
+
+def test_https_certificate_is_verified(https_server, cache_dir, monkeypatch):
+    # Not signed by an authority the system trusts: refused, nothing downloaded.
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    url = f"{https_server.url}/counts.h5ad"
+    with pytest.raises(DownloadError, match=rf"{re.escape(url)}: .*CERTIFICATE_VERIFY_FAILED"):
+        read_adata(url)
+    assert https_server.requests == []
+    assert not cache_dir.exists() or not any(cache_dir.iterdir())
+
+
+def test_https_with_an_authority_from_ssl_cert_file(https_server, cache_dir, monkeypatch):
+    monkeypatch.setenv("SSL_CERT_FILE", str(https_server.ca))
+    url = f"{https_server.url}/moved/counts.h5ad"  # a redirect over HTTPS too
+    np.testing.assert_array_equal(dense(read_adata(url).X), COUNTS)
+    assert https_server.requests == ["/moved/counts.h5ad", "/counts.h5ad"]
+
+
+def test_https_certificate_must_name_the_host(tmp_path, h5ad_file, cache_dir, monkeypatch):
+    # Trusted, but issued to "localhost" only, while the URL names 127.0.0.1.
+    with _https_server(tmp_path, h5ad_file, host_ip=None, host_dns="localhost") as served:
+        monkeypatch.setenv("SSL_CERT_FILE", str(served.ca))
+        url = f"{served.url}/counts.h5ad"
+        with pytest.raises(DownloadError, match=rf"{re.escape(url)}: .*(mismatch|match)"):
+            read_adata(url)
+        assert served.requests == []
+    assert not cache_dir.exists() or not any(cache_dir.iterdir())
+
+
+# --- URLs as input of the training entry point ----------------------------------------------
+
+
+def test_tl_train_from_a_url_equals_training_in_memory(server, cache_dir, tmp_path, make_toy):
+    adata = make_toy(n_cells=200, n_genes=20, n_types=3, seed=8)
+    adata.write_h5ad(server.root / "reference.h5ad")
+    quick = {"hidden_dim": 8, "batch_size": 16, "upper": 5, "min_steps": 20, "seed": 2}
+    from_url = gs.tl.train(f"{server.url}/reference.h5ad", "cell_type", epochs=1, **quick)
+    assert server.requests == ["/reference.h5ad"]
+    in_memory = gs.tl.train(adata, "cell_type", epochs=1, **quick)
+    assert list(from_url.genes) == list(adata.var_names)
+    assert list(from_url.labels) == list(in_memory.labels)
+    assert from_url.params.keys() == in_memory.params.keys()
+    for key in from_url.params:
+        np.testing.assert_array_equal(from_url.params[key], in_memory.params[key])

@@ -79,6 +79,11 @@ def read_adata(
           ``ginseng.settings.cache_dir`` (named by a hash of the URL plus its file
           name) and read from there on later calls without network access. The
           download is atomic: a failed or interrupted one leaves no file.
+          Redirects are followed (the cache is named after the URL given). HTTPS
+          certificates are verified, host name included, against the system's
+          certificate authorities; to trust another one (a private server, a company
+          proxy), set the ``SSL_CERT_FILE`` environment variable to a PEM file that
+          holds it (it then replaces the system's list).
     backed
         ``"r"`` (read-only) or ``"r+"`` (read-write) keeps the count matrix of an
         ``.h5ad`` on disk, so memory does not grow with the number of cells.
@@ -99,8 +104,10 @@ def read_adata(
         the file is truncated or corrupt; ``backed`` is set for a non-``.h5ad``
         input or is not ``None``, ``"r"`` or ``"r+"``.
     DownloadError
-        A URL could not be fetched (HTTP error, connection refused, timeout, or a
-        download cut short); nothing is left in the cache.
+        A URL could not be fetched (HTTP error, connection refused, a certificate
+        that is untrusted or names another host, a redirect loop, no data from the
+        server for 60 seconds, or a download cut short); the message names the URL
+        and nothing is left in the cache.
 
     Examples
     --------
