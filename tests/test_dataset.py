@@ -257,6 +257,50 @@ def test_stream_covers_each_cell_once(tmp_path):
     assert len(dropped) == ds.splits["train"].size // 64
 
 
+def _store_arrays(ds):
+    import zarr
+
+    group = zarr.open_group(ds.path, mode="r", zarr_format=3)
+    names = ["X/data", "X/indices", "X/indptr", "cell_index", "labels", "groups", "genes"]
+    return {name: group[name][:] for name in names}
+
+
+def test_create_seed_sets_the_row_order(tmp_path):
+    adata = make_counts(n_cells=500)
+    dense = adata.X.toarray()
+    kw = {"group_key": "batch", "chunk_size": 120}
+    a = GinsengDataset.create(tmp_path / "a.zarr", adata, "cell_type", seed=1, **kw)
+    again = GinsengDataset.create(tmp_path / "again.zarr", adata, "cell_type", seed=1, **kw)
+    b = GinsengDataset.create(tmp_path / "b.zarr", adata, "cell_type", seed=2, **kw)
+    assert (a.attrs["shuffle_seed"], b.attrs["shuffle_seed"]) == (1, 2)
+    # the same seed writes an identical store, array for array
+    first, second = _store_arrays(a), _store_arrays(again)
+    for name in first:
+        np.testing.assert_array_equal(first[name], second[name], err_msg=name)
+    # another seed another row order: a permutation of the same cells
+    assert not np.array_equal(a.cell_index, b.cell_index)
+    np.testing.assert_array_equal(np.sort(a.cell_index), np.arange(500))
+    np.testing.assert_array_equal(np.sort(b.cell_index), np.arange(500))
+    # cell_index still names each stored row's source row: counts, labels and groups
+    source_labels = adata.obs["cell_type"].to_numpy()
+    source_groups = adata.obs["batch"].to_numpy()
+    for ds in (a, b):
+        _, y = assert_same_counts(ds, dense)
+        np.testing.assert_array_equal(ds.label_names[y], source_labels[ds.cell_index])
+        np.testing.assert_array_equal(ds.group_names[ds.groups], source_groups[ds.cell_index])
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("block_size", 0), ("block_size", -3), ("block_size", 2.5), ("buffer_size", 0),
+     ("buffer_size", -100), ("buffer_size", True), ("batch_size", 0), ("batch_size", 1.5)],
+)  # fmt: skip
+def test_stream_refuses_non_positive_sizes_naming_the_value(tmp_path, option, value):
+    ds = GinsengDataset.create(tmp_path / "s.zarr", make_counts(n_cells=60), "cell_type")
+    with pytest.raises(InputError, match=rf"{option} must be a positive integer, got {value}\."):
+        next(ds.stream(split="all", **{option: value}))
+
+
 def test_stream_is_deterministic_given_seed(tmp_path):
     ds = GinsengDataset.create(tmp_path / "s.zarr", make_counts(), "cell_type")
     first = [x[:, 0] for x, _ in ds.stream(batch_size=50, split="all", seed=7)]
