@@ -140,3 +140,43 @@ def test_classify_probabilities_are_softmax_of_logits_over_t_from_the_file(
     again.X = again.X * 0.5  # something else in X: the counts layer must be used
     ginseng.classify(again, path)
     np.testing.assert_allclose(again.obsm["ginseng_probabilities"], expected, atol=2e-4)
+
+
+@pytest.mark.parametrize(
+    ("n_layers", "normalize", "standardize"), [(1, False, True), (3, True, False), (3, False, True)]
+)
+def test_other_architectures_follow_the_documented_network(
+    tmp_path, n_layers, normalize, standardize
+):
+    """Random weights and statistics in other configurations, through a saved file."""
+    from flax import nnx
+
+    import ginseng as gs
+    from ginseng.data.io import save_model
+    from ginseng.model import GinsengClassifier, GinsengModelState
+    from ginseng.model.network import flat_params, network_config
+
+    rng = np.random.default_rng(n_layers)
+    n_genes, n_labels = 40, 5
+    config = network_config(
+        n_genes, n_labels, hidden_dim=24, n_layers=n_layers, normalize=normalize,
+        target_sum=1e3, standardize=standardize,
+    )  # fmt: skip
+    params = flat_params(GinsengClassifier(config, rngs=nnx.Rngs(n_layers)))
+    params["gene_mean"] = rng.uniform(0, 3, n_genes).astype(np.float32)
+    params["gene_scale"] = rng.uniform(0.5, 4, n_genes).astype(np.float32)
+    for key in params:  # LayerNorm scales and biases away from their 1 and 0
+        if "norm" in key:
+            params[key] = params[key] + rng.normal(0, 0.3, params[key].shape).astype(np.float32)
+    genes = np.array([f"g{j}" for j in range(n_genes)])
+    state = GinsengModelState(
+        params, config, genes, [f"t{k}" for k in range(n_labels)], temperature=2.5
+    )
+    path = save_model(state, tmp_path / "model.h5")
+    counts = rng.poisson(rng.gamma(1.0, 3.0, (1, n_genes)), (120, n_genes)).astype(np.float32)
+    counts[:, 0] += 1  # no empty cell
+    query = ad.AnnData(sp.csr_matrix(counts), var=pd.DataFrame(index=genes))
+    params, config, _, _, T = read_model_file(path)
+    expected = softmax(numpy_logits(params, config, counts) / T, axis=1)
+    gs.tl.classify(query, path)
+    np.testing.assert_allclose(query.obsm["ginseng_probabilities"], expected, atol=1e-4)
