@@ -170,15 +170,65 @@ def test_group_split_keeps_groups_whole(tmp_path, mode):
     assert realised == pytest.approx(0.2, abs=0.05)
 
 
-def test_group_split_fraction_mode_gets_closest(tmp_path):
-    adata = make_counts(n_cells=1000)
-    sizes = [500, 200, 150, 100, 50]
-    adata.obs["batch"] = pd.Categorical(np.repeat([f"g{i}" for i in range(5)], sizes))
-    ds = GinsengDataset.create(tmp_path / "s.zarr", adata, "cell_type", group_key="batch")
-    for seed in range(5):
-        realised = ds.make_split(fraction=0.25, stratify_group=True, seed=seed)
-        # 250 cells is reachable exactly (200 + 50, or 150 + 100)
-        assert realised == pytest.approx(0.25, abs=0.051)
+def _closest_reachable(sizes, target):
+    """Brute force: the smallest |total - target| over proper, non-empty sets of groups."""
+    best = np.inf
+    for mask in range(1, 2 ** len(sizes) - 1):  # neither empty nor every group
+        total = sum(s for i, s in enumerate(sizes) if mask >> i & 1)
+        best = min(best, abs(total - target))
+    return best
+
+
+def _grouped_store(path, sizes):
+    adata = make_counts(n_cells=sum(sizes))
+    adata.obs["batch"] = pd.Categorical(np.repeat([f"g{i}" for i in range(len(sizes))], sizes))
+    return GinsengDataset.create(path, adata, "cell_type", group_key="batch")
+
+
+@pytest.mark.parametrize(
+    "sizes",
+    [
+        [500, 200, 150, 100, 50],  # 250 = 200 + 50 = 150 + 100; the greedy search misses it
+        [97, 89, 83, 61, 53, 41, 29, 17],  # primes: few sums coincide
+        [300, 7, 7, 7, 7, 7, 110, 120, 130],
+        [60, 40],
+    ],
+)
+def test_group_split_fraction_mode_gets_closest(tmp_path, sizes):
+    ds = _grouped_store(tmp_path / "s.zarr", sizes)
+    n = sum(sizes)
+    for fraction in np.arange(0.05, 1.0, 0.1):
+        best = _closest_reachable(sizes, fraction * n)
+        for seed in range(2):
+            realised = ds.make_split(fraction, stratify_group=True, seed=seed)
+            test_groups = set(ds.groups[ds.splits["test"]])
+            assert test_groups and not test_groups & set(ds.groups[ds.splits["train"]])
+            n_test = ds.splits["test"].size
+            assert realised == n_test / n
+            # the documented promise: no other split into whole groups is closer
+            assert abs(n_test - fraction * n) == pytest.approx(best), (fraction, seed)
+
+
+def test_group_split_fraction_mode_is_exact_for_many_groups():
+    """Hundreds of groups (too many to enumerate): checked against a numpy subset-sum table."""
+    from ginseng.data._split import train_test
+
+    rng = np.random.default_rng(0)
+    sizes = rng.integers(1, 400, 300) * 3 + rng.integers(0, 2, 300)  # mostly multiples of 3
+    groups = np.repeat(np.arange(sizes.size), sizes)
+    labels = np.zeros(groups.size, np.int32)
+    reachable = np.zeros(sizes.sum() + 1, bool)
+    reachable[0] = True
+    for s in sizes:
+        reachable[s:] |= reachable[:-s].copy()
+    totals = np.flatnonzero(reachable)[1:-1]  # neither empty nor every group
+    for fraction in (0.013, 0.1, 0.3337, 0.5, 0.9):
+        target = fraction * groups.size
+        _, test = train_test(
+            labels, groups, fraction, stratify_group=True, group_mode="fraction", seed=1
+        )
+        assert abs(test.size - target) == pytest.approx(np.abs(totals - target).min())
+        assert np.isin(groups, groups[test]).sum() == test.size  # whole groups
 
 
 def test_stream_covers_each_cell_once(tmp_path):
@@ -205,6 +255,50 @@ def test_stream_covers_each_cell_once(tmp_path):
     dropped = list(ds.stream(batch_size=64, split="train", seed=1))
     assert all(x.shape[0] == 64 for x, _ in dropped)
     assert len(dropped) == ds.splits["train"].size // 64
+
+
+def _store_arrays(ds):
+    import zarr
+
+    group = zarr.open_group(ds.path, mode="r", zarr_format=3)
+    names = ["X/data", "X/indices", "X/indptr", "cell_index", "labels", "groups", "genes"]
+    return {name: group[name][:] for name in names}
+
+
+def test_create_seed_sets_the_row_order(tmp_path):
+    adata = make_counts(n_cells=500)
+    dense = adata.X.toarray()
+    kw = {"group_key": "batch", "chunk_size": 120}
+    a = GinsengDataset.create(tmp_path / "a.zarr", adata, "cell_type", seed=1, **kw)
+    again = GinsengDataset.create(tmp_path / "again.zarr", adata, "cell_type", seed=1, **kw)
+    b = GinsengDataset.create(tmp_path / "b.zarr", adata, "cell_type", seed=2, **kw)
+    assert (a.attrs["shuffle_seed"], b.attrs["shuffle_seed"]) == (1, 2)
+    # the same seed writes an identical store, array for array
+    first, second = _store_arrays(a), _store_arrays(again)
+    for name in first:
+        np.testing.assert_array_equal(first[name], second[name], err_msg=name)
+    # another seed another row order: a permutation of the same cells
+    assert not np.array_equal(a.cell_index, b.cell_index)
+    np.testing.assert_array_equal(np.sort(a.cell_index), np.arange(500))
+    np.testing.assert_array_equal(np.sort(b.cell_index), np.arange(500))
+    # cell_index still names each stored row's source row: counts, labels and groups
+    source_labels = adata.obs["cell_type"].to_numpy()
+    source_groups = adata.obs["batch"].to_numpy()
+    for ds in (a, b):
+        _, y = assert_same_counts(ds, dense)
+        np.testing.assert_array_equal(ds.label_names[y], source_labels[ds.cell_index])
+        np.testing.assert_array_equal(ds.group_names[ds.groups], source_groups[ds.cell_index])
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("block_size", 0), ("block_size", -3), ("block_size", 2.5), ("buffer_size", 0),
+     ("buffer_size", -100), ("buffer_size", True), ("batch_size", 0), ("batch_size", 1.5)],
+)  # fmt: skip
+def test_stream_refuses_non_positive_sizes_naming_the_value(tmp_path, option, value):
+    ds = GinsengDataset.create(tmp_path / "s.zarr", make_counts(n_cells=60), "cell_type")
+    with pytest.raises(InputError, match=rf"{option} must be a positive integer, got {value}\."):
+        next(ds.stream(split="all", **{option: value}))
 
 
 def test_stream_is_deterministic_given_seed(tmp_path):

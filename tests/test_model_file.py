@@ -6,11 +6,13 @@ import dataclasses
 import json
 import subprocess
 import sys
+from datetime import datetime
 
 import h5py
 import numpy as np
 import pytest
 
+import ginseng
 from ginseng import InputError, ModelFormatError
 from ginseng._keys import MODEL_FORMAT, MODEL_FORMAT_VERSION
 from ginseng.data.io import load_model, save_model
@@ -46,16 +48,43 @@ def test_round_trip_gives_identical_predictions_and_record(toy_trained, saved):
 
 
 def test_file_layout(saved, toy_trained):
+    """Every documented part of the file holds the state's values (read with h5py only)."""
+    state = toy_trained.state
     with h5py.File(saved, "r") as f:
         assert f.attrs["format"] == MODEL_FORMAT
         assert f.attrs["format_version"] == MODEL_FORMAT_VERSION
-        assert {"ginseng_version", "created"} <= set(f.attrs)
-        assert f["params/blocks/0/linear/kernel"].dtype == np.float32
+        assert f.attrs["ginseng_version"] == ginseng.__version__
+        assert datetime.fromisoformat(f.attrs["created"])  # an ISO timestamp
+        assert list(f["genes"].asstr()[()]) == list(state.genes)
+        assert list(f["labels"].asstr()[()]) == list(state.labels)
+        stored = {}
+        f["params"].visititems(
+            lambda name, obj: (
+                stored.update({name: obj[()]}) if isinstance(obj, h5py.Dataset) else None
+            )
+        )
+        assert stored.keys() == state.params.keys()
+        for key, value in state.params.items():
+            assert stored[key].dtype == np.float32
+            np.testing.assert_array_equal(stored[key], value, err_msg=key)
         assert f["params/blocks/0/linear/kernel"].shape == (50, 32)
-        assert list(f["genes"].asstr()[()]) == list(toy_trained.state.genes)
-        for key in ("config", "settings", "metrics", "history", "provenance"):
-            json.loads(f[key].asstr()[()])
-        assert f["calibration/temperature"][()] == toy_trained.state.temperature
+        parts = {
+            k: json.loads(f[k].asstr()[()])
+            for k in ("config", "settings", "metrics", "history", "provenance")
+        }
+        assert f["calibration/temperature"].dtype == np.float64
+        assert f["calibration/temperature"][()] == state.temperature
+    # JSON has lists for tuples; otherwise each part is the state's own value
+    assert parts["config"] == state.config
+    assert parts["settings"] == {**state.settings.to_dict(), "betas": list(state.settings.betas)}
+    assert parts["metrics"] == state.metrics
+    assert parts["history"] == state.history
+    assert parts["provenance"] == state.provenance
+    documented = {"architecture", "n_genes", "n_labels", "hidden_dim", "n_layers", "dropout_rate",
+                  "activation", "normalize", "target_sum", "log1p", "standardize", "clip"}  # fmt: skip
+    assert set(parts["config"]) == documented
+    assert parts["config"]["n_genes"] == 50 and parts["config"]["n_labels"] == 4
+    assert parts["metrics"]["temperature"] == state.temperature
 
 
 def test_unicode_names_round_trip(toy_trained, tmp_path):
@@ -75,7 +104,9 @@ def test_save_is_atomic_and_checks_its_input(toy_trained, tmp_path):
     save_model(toy_trained.state, path)  # overwrite in place
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.h5"]
     broken = dataclasses.replace(toy_trained.state, metrics={"bad": object()})
-    with pytest.raises(TypeError):
+    with pytest.raises(
+        InputError, match=r"state\.metrics cannot be written as JSON .*type 'object'"
+    ):
         save_model(broken, tmp_path / "broken.h5")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.h5"]
     with pytest.raises(InputError, match="directory"):

@@ -61,6 +61,10 @@ def test_defaults_and_seed_example_are_valid():
         ("dropout_rate", -0.2),
         ("batch_size", 0),
         ("batch_size", -1),
+        ("min_steps", -1),
+        ("min_steps", 2.5),
+        ("min_steps", True),
+        ("min_steps", None),
         ("lr", 0),
         ("lr", -1e-3),
         ("eps", 0.0),
@@ -75,6 +79,9 @@ def test_defaults_and_seed_example_are_valid():
         ("holdout_fraction", 1.0),
         ("group_mode", "donors"),
         ("normalize", "yes"),
+        ("standardize", "no"),
+        ("standardize", 1),
+        ("standardize", None),
         ("balance_train", 1),
         ("group_level", None),
         ("seed", -1),
@@ -116,7 +123,10 @@ def test_numpy_scalars_are_accepted_and_become_python_values():
     s = Settings(lr=np.float32(1e-3), hidden_dim=np.int64(16), betas=[np.float64(0.8), 0.99])
     assert type(s.hidden_dim) is int and type(s.lr) is float
     assert s.betas == (0.8, 0.99)
-    json.loads(s.to_json())
+    parsed = json.loads(s.to_json())
+    lr = float(np.float32(1e-3))  # the float32 value, exactly
+    assert parsed == {**Settings().to_dict(), "lr": lr, "hidden_dim": 16, "betas": [0.8, 0.99]}
+    assert type(parsed["hidden_dim"]) is int
 
 
 def test_json_and_dict_round_trip_keep_tuples():
@@ -125,7 +135,9 @@ def test_json_and_dict_round_trip_keep_tuples():
     assert again == s
     assert isinstance(again.betas, tuple)
     assert Settings.from_dict(s.to_dict()) == s
-    assert json.loads(s.to_json())["lam_max"] is None
+    parsed = json.loads(s.to_json())
+    expected = {**Settings().to_dict(), **SEED_EXAMPLE, "betas": [0.9, 0.999]}
+    assert parsed == expected and parsed["lam_max"] is None
 
 
 def test_from_dict_and_json_reject_unknown_or_malformed():

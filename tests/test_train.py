@@ -2,23 +2,53 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import anndata as ad
+import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 import pytest
+import scipy.sparse as sp
+from scipy.special import log_softmax
 
 import ginseng as gs
 from ginseng import InputError
 from ginseng.data import GinsengDataset
 from ginseng.model import GinsengModelState
+from ginseng.model.network import MIN_GENE_STD
 from ginseng.train import GinsengClassifierTrainer, GinsengClassifierTrainerSettings
 
 QUICK = {"hidden_dim": 16, "batch_size": 16, "upper": 5, "lr": 3e-3, "min_steps": 100}
 
 
 @pytest.fixture(scope="module")
-def small_store(tmp_path_factory, make_toy):
-    adata = make_toy(n_cells=300, n_genes=30, n_types=3, seed=5)
-    return GinsengDataset.create(tmp_path_factory.mktemp("small") / "s.zarr", adata, "cell_type")
+def small_adata(make_toy):
+    return make_toy(n_cells=300, n_genes=30, n_types=3, seed=5)
+
+
+@pytest.fixture(scope="module")
+def small_store(tmp_path_factory, small_adata):
+    path = tmp_path_factory.mktemp("small") / "s.zarr"
+    return GinsengDataset.create(path, small_adata, "cell_type")
+
+
+def source_rows(ds, split):
+    """Rows of the source AnnData of a split's cells (the store keeps them shuffled)."""
+    return ds.cell_index[ds.splits[split]]
+
+
+def log_normalised(counts, normalize, target_sum=1e4):
+    """The documented preprocessing, in float64 numpy: scale to target_sum, then log1p."""
+    x = np.asarray(counts, np.float64)
+    if normalize:
+        x = x / x.sum(axis=1, keepdims=True) * target_sum
+    return np.log1p(x)
+
+
+def holdout_accuracy(state, adata, ds):
+    rows = source_rows(ds, "test")
+    return (state.predict(adata.X[rows]) == adata.obs["cell_type"].to_numpy()[rows]).mean()
 
 
 def test_training_learns_separable_types(toy_trained):
@@ -40,6 +70,9 @@ def test_training_learns_separable_types(toy_trained):
     assert prov["seed"] == 0 and len(prov["data_fingerprint"]) == 40
     assert {"python", "jax", "flax", "optax", "numpy", "anndata"} <= set(prov["versions"])
     assert prov["n_train"] + prov["n_holdout"] == ds.n_cells
+    # the accuracy floor, recomputed on the held-out cells only (never trained on)
+    assert not np.intersect1d(source_rows(ds, "test"), source_rows(ds, "train")).size
+    assert holdout_accuracy(state, toy_trained.adata, ds) == pytest.approx(m["accuracy"])
 
 
 def test_same_seed_gives_identical_params_and_predictions(small_store):
@@ -68,7 +101,168 @@ def test_options_balance_groups_and_small_batches(tmp_path, make_toy):
     assert state.provenance["batch_size"] == ds.splits["train"].size
     # One step per pass, so min_steps=20 over 2 epochs means 10 passes per epoch.
     assert state.provenance["passes_per_epoch"] == 10 and state.provenance["steps"] == 20
-    assert not state.config["standardize"] and "gene_mean" in state.params
+    assert not state.config["standardize"]
+    # nothing fitted: the statistics keep their neutral initial values
+    np.testing.assert_array_equal(state.params["gene_mean"], 0.0)
+    np.testing.assert_array_equal(state.params["gene_scale"], 1.0)
+
+
+def test_best_epoch_weights_are_the_ones_returned(tmp_path, make_toy):
+    """Labels without signal: the network memorises them, so later epochs do worse on holdout."""
+    adata = make_toy(n_cells=300, n_genes=30, n_types=3, seed=5)
+    rng = np.random.default_rng(0)
+    adata.obs["noise"] = pd.Categorical(rng.permutation(adata.obs["cell_type"].to_numpy()))
+    ds = GinsengDataset.create(tmp_path / "n.zarr", adata, "noise")
+    settings = GinsengClassifierTrainerSettings(
+        hidden_dim=64, batch_size=16, rate=None, upper=None, dropout_rate=0.0, lr=1e-2,
+        weight_decay=0.0, min_steps=0, balance_train=False, holdout_fraction=0.3,
+    )  # fmt: skip
+    model, state = GinsengClassifierTrainer(ds, settings).fit(6, progress=False)
+    losses = state.history["holdout_loss"]
+    best = state.metrics["best_epoch"]
+    assert losses[best - 1] == min(losses)
+    assert best < 6 and losses[-1] > losses[best - 1] + 0.02  # the last epoch is worse
+    # The holdout loss of the returned weights, computed here from the source counts.
+    rows = source_rows(ds, "test")
+    codes = {name: i for i, name in enumerate(ds.label_names)}
+    y = np.array([codes[v] for v in adata.obs["noise"].to_numpy()[rows]])
+    counts = adata.X[rows].toarray()
+    logits = state.predict_logits(counts).astype(np.float64)
+    loss = -log_softmax(logits, axis=1)[np.arange(y.size), y].mean()
+    assert loss == pytest.approx(losses[best - 1], rel=1e-4)
+    assert abs(loss - losses[-1]) > 0.02  # not the last epoch's weights
+    assert state.metrics["nll_uncalibrated"] == pytest.approx(loss, rel=1e-4)
+    # the returned Flax module holds the same (best) weights as the state
+    np.testing.assert_allclose(np.asarray(model(jnp.asarray(counts))), logits, atol=1e-4)
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_standardisation_is_fitted_on_the_training_split(tmp_path, make_toy, normalize):
+    adata = make_toy(n_cells=300, n_genes=30, n_types=3, seed=4)
+    X = adata.X.toarray()
+    X[:, 7] = 0  # silent gene: its scale is capped, not infinite
+    adata.X = sp.csr_matrix(X)
+    ds = GinsengDataset.create(tmp_path / "s.zarr", adata, "cell_type")
+    settings = GinsengClassifierTrainerSettings(**QUICK, normalize=normalize, holdout_fraction=0.3)
+    model, state = GinsengClassifierTrainer(ds, settings).fit(1, progress=False)
+    assert state.config["normalize"] is normalize and state.config["standardize"]
+    # independent: the documented preprocessing of the training cells, in numpy
+    h = log_normalised(X[source_rows(ds, "train")], normalize)
+    mean, std = h.mean(axis=0), h.std(axis=0)
+    np.testing.assert_allclose(state.params["gene_mean"], mean, rtol=1e-5, atol=1e-6)
+    floor = std < MIN_GENE_STD
+    assert floor.tolist() == [j == 7 for j in range(30)]
+    np.testing.assert_allclose(
+        state.params["gene_scale"], 1 / np.maximum(std, MIN_GENE_STD), rtol=1e-4
+    )
+    # ... and not on every cell (the holdout differs enough to tell)
+    everything = log_normalised(X, normalize).mean(axis=0)
+    assert np.abs(everything - state.params["gene_mean"]).max() > 1e-3
+    # The model standardises with them: clip((h - mean) * scale, -10, 10).
+    test = X[source_rows(ds, "test")]
+    expected = np.clip(
+        (log_normalised(test, normalize) - mean) / np.maximum(std, MIN_GENE_STD), -10, 10
+    )
+    np.testing.assert_allclose(model.preprocess(jnp.asarray(test)), expected, atol=1e-4)
+    assert holdout_accuracy(state, adata, ds) > 0.9
+    # normalize=True scales every cell to target_sum first: 4x deeper, same prediction;
+    # normalize=False takes log1p of the raw counts, so depth changes the input
+    a, b = state.predict_logits(test), state.predict_logits(4 * test)
+    if normalize:
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    else:
+        assert np.abs(a - b).max() > 0.1
+
+
+def test_standardize_false_skips_standardisation(small_store, small_adata):
+    settings = GinsengClassifierTrainerSettings(**{**QUICK, "min_steps": 0}, standardize=False)
+    model, state = GinsengClassifierTrainer(small_store, settings).fit(1, progress=False)
+    counts = small_adata.X[:40].toarray()
+    # the network's input is log1p of the normalised counts, nothing more
+    np.testing.assert_allclose(
+        model.preprocess(jnp.asarray(counts)), log_normalised(counts, True), rtol=1e-5
+    )
+    # so predictions cannot depend on the (unused) statistics; with standardize they do
+    shifted = {
+        "gene_mean": np.full(30, 2.0, np.float32),
+        "gene_scale": np.full(30, 3.0, np.float32),
+    }
+    ignored = dataclasses.replace(state, params={**state.params, **shifted})
+    np.testing.assert_array_equal(ignored.predict_logits(counts), state.predict_logits(counts))
+    used = dataclasses.replace(ignored, config={**state.config, "standardize": True})
+    assert np.abs(used.predict_logits(counts) - state.predict_logits(counts)).max() > 0.1
+
+
+@pytest.mark.parametrize("n_layers", [1, 3])
+def test_n_layers_builds_that_many_hidden_layers(small_store, small_adata, n_layers):
+    settings = GinsengClassifierTrainerSettings(**QUICK, n_layers=n_layers)
+    _, state = GinsengClassifierTrainer(small_store, settings).fit(3, progress=False)
+    assert state.config["n_layers"] == n_layers
+    kernels = sorted(k for k in state.params if k.endswith("kernel"))
+    assert kernels == [f"blocks/{i}/linear/kernel" for i in range(n_layers)] + ["head/kernel"]
+    # the settings docstring's weight count: n_genes*h + (n_layers - 1)*h**2 + h*n_labels
+    h = QUICK["hidden_dim"]
+    assert sum(state.params[k].size for k in kernels) == 30 * h + (n_layers - 1) * h * h + h * 3
+    assert holdout_accuracy(state, small_adata, small_store) > 0.9
+
+
+def test_balance_train_off_learns_the_label_frequencies(tmp_path, make_toy):
+    """Counts carry no signal about these labels: the model can only learn their prior."""
+    adata = make_toy(n_cells=400, n_genes=20, n_types=2, seed=3)
+    rng = np.random.default_rng(0)
+    adata.obs["imbalanced"] = pd.Categorical(np.where(rng.random(400) < 0.8, "major", "minor"))
+    ds = GinsengDataset.create(tmp_path / "b.zarr", adata, "imbalanced")
+    base = {**QUICK, "hidden_dim": 16, "batch_size": 32, "rate": None, "upper": None}
+    mean_proba = {}
+    for balance in (False, True):
+        settings = GinsengClassifierTrainerSettings(**base, balance_train=balance)
+        _, state = GinsengClassifierTrainer(ds, settings).fit(2, progress=False)
+        proba = state.predict_proba(adata.X, calibrated=False)
+        mean_proba[balance] = proba.mean(axis=0)
+    train_freq = np.bincount(ds.labels[ds.splits["train"]], minlength=2) / ds.splits["train"].size
+    assert train_freq[0] == pytest.approx(0.8, abs=0.05)
+    # cells as they come: the training frequencies; balanced: every label equally likely
+    np.testing.assert_allclose(mean_proba[False], train_freq, atol=0.08)
+    np.testing.assert_allclose(mean_proba[True], [0.5, 0.5], atol=0.08)
+
+
+@pytest.mark.parametrize(("mode", "fraction"), [("fraction", 0.4), ("groups", 0.3)])
+def test_group_level_holdout_is_whole_groups(tmp_path, make_toy, mode, fraction):
+    adata = make_toy(n_cells=300, n_genes=30, n_types=3, seed=6)
+    adata.obs["donor"] = pd.Categorical(
+        np.repeat([f"d{i}" for i in range(5)], [30, 45, 60, 75, 90])
+    )
+    ds = GinsengDataset.create(tmp_path / "g.zarr", adata, "cell_type", group_key="donor")
+    settings = GinsengClassifierTrainerSettings(
+        **QUICK, group_level=True, group_mode=mode, holdout_fraction=fraction
+    )
+    _, state = GinsengClassifierTrainer(ds, settings).fit(2, progress=False)
+    donors = adata.obs["donor"].to_numpy()
+    held, trained = set(donors[source_rows(ds, "test")]), set(donors[source_rows(ds, "train")])
+    assert held and trained and not held & trained
+    n_test = int(np.isin(donors, list(held)).sum())  # every cell of a held-out donor
+    assert ds.splits["test"].size == n_test == state.provenance["n_holdout"]
+    assert state.metrics["n_cells"] == n_test
+    assert state.metrics["holdout_fraction"] == n_test / 300
+    if mode == "groups":  # round(fraction * n_groups) donors
+        assert len(held) == round(0.3 * 5)
+    else:  # the closest achievable: 120 = 30 + 90 = 45 + 75
+        assert n_test == 120
+    # the reported accuracy is the held-out donors' accuracy
+    assert holdout_accuracy(state, adata, ds) == pytest.approx(state.metrics["accuracy"])
+
+
+@pytest.mark.parametrize(("min_steps", "epochs"), [(0, 2), (45, 2)])
+def test_min_steps_sets_passes_per_epoch(small_store, min_steps, epochs):
+    settings = GinsengClassifierTrainerSettings(**{**QUICK, "min_steps": min_steps})
+    _, state = GinsengClassifierTrainer(small_store, settings).fit(epochs, progress=False)
+    per_pass = state.provenance["n_train"] // QUICK["batch_size"]
+    passes = max(1, -(-min_steps // (epochs * per_pass)))  # ceil
+    assert state.provenance["passes_per_epoch"] == passes
+    assert state.provenance["steps"] == epochs * passes * per_pass >= min_steps
+    assert state.history["epoch"] == list(range(1, epochs + 1))
+    if min_steps == 0:
+        assert passes == 1
 
 
 def test_trainer_rejects_bad_input(small_store):
@@ -133,7 +327,8 @@ def test_tl_train_backed_path_and_store(tmp_path, make_toy):
 def test_tl_train_after_scanpy_preprocessing_uses_counts_layer(tmp_path, make_toy):
     import scanpy as sc
 
-    adata = make_toy(n_cells=300, n_genes=30, n_types=3, seed=1)
+    cells = make_toy(n_cells=600, n_genes=30, n_types=3, seed=1)
+    adata, query = cells[:300].copy(), cells[300:].copy()  # query: cells never trained on
     adata.layers["counts"] = adata.X.copy()
     sc.pp.normalize_total(adata, target_sum=1e4)
     sc.pp.log1p(adata)
@@ -141,8 +336,8 @@ def test_tl_train_after_scanpy_preprocessing_uses_counts_layer(tmp_path, make_to
     assert adata.uns["ginseng"]["train"]["params"]["layer"] == "counts"
     assert "log1p" in adata.uns  # scanpy's entry untouched
     _check_uns(adata, tmp_path)
-    pred = state.predict(adata.layers["counts"])
-    assert (pred == adata.obs["cell_type"].to_numpy()).mean() > 0.9
+    pred = state.predict(query.X)
+    assert (pred == query.obs["cell_type"].to_numpy()).mean() > 0.9
 
 
 def test_tl_train_rejects_unknown_settings(make_toy):

@@ -423,10 +423,11 @@ class GinsengDataset:
         >>> X.shape, y.shape
         ((64, 765), (64,))
         """
-        if batch_size < 1:
-            raise InputError(f"batch_size must be a positive integer, got {batch_size}.")
-        if block_size < 1 or buffer_size < 1:
-            raise InputError("block_size and buffer_size must be positive integers.")
+        for name, value in (
+            ("batch_size", batch_size), ("block_size", block_size), ("buffer_size", buffer_size)
+        ):  # fmt: skip
+            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+                raise InputError(f"{name} must be a positive integer, got {value!r}.")
         plan = StreamPlan(
             rows=self._rows(split),
             batch_size=int(batch_size),

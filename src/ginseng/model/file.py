@@ -44,7 +44,7 @@ def _json_default(value: Any) -> Any:
         return value.item()
     if isinstance(value, np.ndarray):
         return value.tolist()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+    raise TypeError(f"it holds a value of type {type(value).__name__!r}")
 
 
 def save_model(state: GinsengModelState, path: str | os.PathLike) -> Path:
@@ -103,7 +103,13 @@ def save_model(state: GinsengModelState, path: str | os.PathLike) -> Path:
                 "provenance": state.provenance,
             }
             for key, value in values.items():
-                f.create_dataset(key, data=_to_json(value), dtype=_STR)
+                try:
+                    text = _to_json(value)
+                except (TypeError, ValueError) as err:
+                    raise InputError(
+                        f"Cannot save the model: state.{key} cannot be written as JSON ({err})."
+                    ) from err
+                f.create_dataset(key, data=text, dtype=_STR)
             f.create_group("calibration").create_dataset(
                 "temperature", data=np.float64(state.temperature)
             )
