@@ -11,6 +11,11 @@ import sys
 from pathlib import Path
 
 from ._errors import GinsengError, InputError
+from ._keys import DEFAULT_KEYS
+
+# Help shared by the subcommands that read data.
+_INPUT_HELP = ".h5ad, AnnData .zarr, 10x .h5/folder or URL"
+_LAYER_HELP = "layer with raw counts (default: X)"
 
 
 def _read(path: str, *, backed: bool):
@@ -60,8 +65,6 @@ def _train(args: argparse.Namespace) -> int:
 def _annotate(args: argparse.Namespace) -> int:
     import ginseng as gs
 
-    from .tl._classify import results_table
-
     adata = _read(args.input, backed=True)
     options = {
         "layer": args.layer,
@@ -77,11 +80,11 @@ def _annotate(args: argparse.Namespace) -> int:
         gs.tl.classify(adata, args.model, **options)
         adata.write_h5ad(args.out)
         print(f"annotated data written to {args.out}")
-        table = results_table(adata)  # the same table, without classifying twice
+        table = gs.tl.results_table(adata)  # the same table, without classifying twice
     if args.table is not None:
         table.to_csv(args.table)
         print(f"predictions for {len(table)} cells written to {args.table}")
-    counts = table["ginseng_cell_type"].value_counts()
+    counts = table[DEFAULT_KEYS.cell_type].value_counts()
     print("predicted cell types:\n" + counts[counts > 0].to_string())
     return 0
 
@@ -109,9 +112,9 @@ def _parser() -> argparse.ArgumentParser:
     train = commands.add_parser(
         "train", help="train a classifier on annotated counts and save it (.h5)"
     )
-    train.add_argument("input", help=".h5ad, AnnData .zarr, 10x .h5/folder or URL")
+    train.add_argument("input", help=_INPUT_HELP)
     train.add_argument("--labels", required=True, help="obs column with the cell types")
-    train.add_argument("--layer", help="layer with raw counts (default: X)")
+    train.add_argument("--layer", help=_LAYER_HELP)
     train.add_argument(
         "--genes",
         help="boolean var column or a file with one gene per line (default: "
@@ -127,9 +130,9 @@ def _parser() -> argparse.ArgumentParser:
     train.set_defaults(func=_train)
 
     annotate = commands.add_parser("annotate", help="annotate cells with a saved model")
-    annotate.add_argument("input", help=".h5ad, AnnData .zarr, 10x .h5/folder or URL")
+    annotate.add_argument("input", help=_INPUT_HELP)
     annotate.add_argument("--model", required=True, help="model file from `ginseng train`")
-    annotate.add_argument("--layer", help="layer with raw counts (default: X)")
+    annotate.add_argument("--layer", help=_LAYER_HELP)
     annotate.add_argument("--out", help="write the annotated AnnData here (.h5ad)")
     annotate.add_argument("--table", help="write predictions here (.csv)")
     annotate.add_argument(

@@ -6,18 +6,23 @@ import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from anndata import AnnData
 
 from .. import _keys
+from .._docs import doc
 from .._errors import InputError
 from .._logging import timed
 from ..train.settings import GinsengClassifierTrainerSettings
 from ._record import drop_none, model_summary
 
+if TYPE_CHECKING:
+    from ..model.state import GinsengModelState
 
+
+@doc.dedent
 def train(
     adata: AnnData | str | os.PathLike,
     label_key: str,
@@ -30,7 +35,7 @@ def train(
     settings: GinsengClassifierTrainerSettings | None = None,
     seed: int | None = None,
     **setting_overrides: Any,
-):
+) -> GinsengModelState:
     """Train a cell-type classifier on the raw counts of an annotated AnnData.
 
     The counts are written to a compressed, shuffled :class:`~ginseng.data.GinsengDataset`
@@ -45,9 +50,7 @@ def train(
         :func:`ginseng.data.io.read_adata` (``.h5ad`` files are read backed).
     label_key
         Column of ``adata.obs`` with the cell-type labels.
-    layer
-        Layer holding raw counts; ``None`` uses ``adata.X``. After the usual scanpy
-        preprocessing the counts are typically in ``layer="counts"``.
+    %(layer)s
     genes
         Genes to train on: the name of a boolean ``var`` column, a list of gene names or
         a boolean mask. ``None`` uses ``"ginseng_genes"`` (from
