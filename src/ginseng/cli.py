@@ -40,14 +40,13 @@ def _genes(adata, genes: str | None):
 
 
 def _train(args: argparse.Namespace) -> int:
-    import ginseng as gs
-
+    from . import pp, tl
     from .data.io import save_model
 
     adata = _read(args.input, backed=True)
     if args.n_top_genes:
-        gs.pp.select_hvgs(adata, n_top_genes=args.n_top_genes, layer=args.layer)
-    state = gs.tl.train(
+        pp.select_hvgs(adata, n_top_genes=args.n_top_genes, layer=args.layer)
+    state = tl.train(
         adata,
         args.labels,
         layer=args.layer,
@@ -63,7 +62,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _annotate(args: argparse.Namespace) -> int:
-    import ginseng as gs
+    from . import tl
 
     adata = _read(args.input, backed=True)
     options = {
@@ -75,12 +74,12 @@ def _annotate(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size,
     }
     if args.out is None:
-        table = gs.tl.classify(adata, args.model, return_table=True, **options)
+        table = tl.classify(adata, args.model, return_table=True, **options)
     else:
-        gs.tl.classify(adata, args.model, **options)
+        tl.classify(adata, args.model, **options)
         adata.write_h5ad(args.out)
         print(f"annotated data written to {args.out}")
-        table = gs.tl.results_table(adata)  # the same table, without classifying twice
+        table = tl.results_table(adata)  # the same table, without classifying twice
     if args.table is not None:
         table.to_csv(args.table)
         print(f"predictions for {len(table)} cells written to {args.table}")

@@ -20,14 +20,19 @@ def _palette(n: int) -> list[str]:
     matplotlib is imported rather than scanpy, which costs ~2 s in a fresh process.
     """
     from matplotlib import colormaps
-    from matplotlib.colors import to_hex
+    from matplotlib.colors import ListedColormap, to_hex
 
-    tab20 = colormaps["tab20"].colors
-    colors = [*tab20[0::2], *tab20[1::2], *colormaps["tab20b"].colors, *colormaps["tab20c"].colors]
+    def listed(name: str) -> list:
+        cmap = colormaps[name]
+        assert isinstance(cmap, ListedColormap)
+        return np.asarray(cmap.colors).tolist()
+
+    tab20 = listed("tab20")
+    colors = [*tab20[0::2], *tab20[1::2], *listed("tab20b"), *listed("tab20c")]
     # Greys are reserved for Unassigned and Heterogeneous.
     colors = [c for c in colors if not (c[0] == c[1] == c[2])]
     if n > len(colors):
-        colors = colormaps["turbo"](np.linspace(0.05, 0.95, n))
+        colors = list(colormaps["turbo"](np.linspace(0.05, 0.95, n)))
     return [to_hex(c) for c in colors[:n]]
 
 

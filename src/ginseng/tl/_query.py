@@ -98,14 +98,15 @@ def _open_zarr(path: Path, layer: str | None, counts_fallback: bool) -> Query:
 
     try:
         group = zarr.open_group(path, mode="r")
-        layers = list(group["layers"].keys()) if "layers" in group else []
+        layers_group = group["layers"] if "layers" in group else None
+        layers = list(layers_group.keys()) if isinstance(layers_group, zarr.Group) else []
         layer = _resolve_layer(layers, layer, counts_fallback)
         key = "X" if layer is None else f"layers/{layer}"
         if key not in group:
             available = ", ".join(map(repr, layers)) or "none"
             raise InputError(f"{path} has no {key!r} (layers: {available}).")
         element = group[key]
-        encoding = element.attrs.get("encoding-type", "")
+        encoding = str(element.attrs.get("encoding-type", ""))
         matrix = sparse_dataset(element) if encoding.endswith("_matrix") else element
         parts = {k: read_elem(group[k]) for k in ("obs", "var", "uns", "obsm") if k in group}
     except InputError:

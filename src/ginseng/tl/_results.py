@@ -99,8 +99,7 @@ def write_annotation(
         adata.obs[keys.majority_vote] = annotation.votes
         uns_keys.append(keys.colors(keys.majority_vote))
         adata.uns[uns_keys[-1]] = model_label_colors(list(annotation.votes.categories), labels)
-    entry["classify"] = record
-    adata.uns[keys.uns] = entry
+    adata.uns[keys.uns] = {**entry, "classify": record}
     return obsm_keys, uns_keys
 
 

@@ -108,7 +108,7 @@ def train(
     >>> state.settings.seed, (tmp / "ref.zarr").is_dir()
     (1, True)
     """
-    from ..data import GinsengDataset
+    from ..data.dataset import GinsengDataset
     from ..data.io import read_adata
     from ..train.trainer import GinsengClassifierTrainer
 
@@ -121,7 +121,7 @@ def train(
         setting_overrides["seed"] = seed
     settings = settings.replace(**setting_overrides)
     user_adata = adata if isinstance(adata, AnnData) else None
-    if user_adata is None:
+    if not isinstance(adata, AnnData):
         adata = read_adata(adata, backed="r" if str(adata).endswith(".h5ad") else None)
     if genes is None and _keys.VAR_GENES in adata.var.columns:
         genes = _keys.VAR_GENES

@@ -132,6 +132,11 @@ def classify_chunk(
     The block's :class:`ChunkResult`.
     """
     chunk = chunk.tocsr() if sp.issparse(chunk) else sp.csr_matrix(np.asarray(chunk))
+    if chunk.ndim != 2 or chunk.shape[1] != alignment.n_query_genes:
+        raise InputError(
+            f"{where}: a block of shape {chunk.shape} does not match the "
+            f"{alignment.n_query_genes} genes the alignment was made for (adata.var)."
+        )
     check_chunk(chunk, check=check, where=where, layers=layers)
     proba = state.predict_proba(alignment.take(chunk))
     codes = proba.argmax(axis=1).astype(np.int32)
