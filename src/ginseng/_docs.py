@@ -1,6 +1,6 @@
 """Parameter docs shared by several functions, filled in with docrep (as squidpy does).
 
-A docstring decorated with ``@doc.dedent`` is dedented and ``%(name)s`` is replaced by
+A docstring decorated with ``@shared_docs`` is dedented and ``%(name)s`` is replaced by
 the entry ``name`` below, so ``gs.tl.classify``, ``ginseng.classify`` and
 ``gs.tl.train`` describe a shared parameter with the same words. A literal ``%`` in such
 a docstring is written ``%%``.
@@ -8,7 +8,12 @@ a docstring is written ``%%``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 from docrep import DocstringProcessor
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 _classify_adata = """\
 adata
@@ -89,7 +94,7 @@ InputError
     The matrix does not hold raw counts (see ``check_counts``), a key is missing,
     or the options contradict each other."""
 
-doc = DocstringProcessor(
+_processor = DocstringProcessor(
     classify_adata=_classify_adata,
     model=_model,
     layer=_layer,
@@ -98,3 +103,8 @@ doc = DocstringProcessor(
     classify_fields=_classify_fields,
     classify_raises=_classify_raises,
 )
+
+
+def shared_docs(func: F) -> F:
+    """Fill the ``%(name)s`` entries of ``func``'s docstring; the signature stays typed."""
+    return _processor.dedent(func)

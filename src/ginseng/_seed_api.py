@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from anndata import AnnData
 
-from ._docs import doc
+from ._docs import shared_docs
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from .model.state import GinsengModelState
 
 
-@doc.dedent
+@shared_docs
 def classify(
     adata: AnnData | str | os.PathLike[str],
     state: GinsengModelState | str | os.PathLike[str],

@@ -9,9 +9,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from ._errors import GinsengError, InputError
 from ._keys import DEFAULT_KEYS
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # Help shared by the subcommands that read data.
 _INPUT_HELP = ".h5ad, AnnData .zarr, 10x .h5/folder or URL"
@@ -74,7 +78,8 @@ def _annotate(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size,
     }
     if args.out is None:
-        table = tl.classify(adata, args.model, return_table=True, **options)
+        # return_table=True returns the DataFrame (the union type covers the other modes).
+        table = cast("pd.DataFrame", tl.classify(adata, args.model, return_table=True, **options))
     else:
         tl.classify(adata, args.model, **options)
         adata.write_h5ad(args.out)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 from anndata import AnnData
 
-from .._docs import doc
+from .._docs import shared_docs
 from .._errors import InputError
 from .._keys import PREFIX, ResultKeys
 from .._logging import timed
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from ..model.state import GinsengModelState
 
 
-@doc.dedent
+@shared_docs
 def classify(
     adata: AnnData | str | os.PathLike[str],
     model: GinsengModelState | str | os.PathLike[str],

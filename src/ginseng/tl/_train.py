@@ -12,7 +12,7 @@ import numpy as np
 from anndata import AnnData
 
 from .. import _keys
-from .._docs import doc
+from .._docs import shared_docs
 from .._errors import InputError
 from .._logging import timed
 from ..train.settings import GinsengClassifierTrainerSettings
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from ..model.state import GinsengModelState
 
 
-@doc.dedent
+@shared_docs
 def train(
     adata: AnnData | str | os.PathLike,
     label_key: str,
