@@ -343,7 +343,11 @@ def test_predictions_plot_with_scanpy_in_stable_colors(toy_trained, query):
     assert "type_0" not in categories  # only labels that occur are categories
     gs.tl.classify(query, state)
     full = dict(
-        zip(query.obs["ginseng_cell_type"].cat.categories, query.uns["ginseng_cell_type_colors"])
+        zip(
+            query.obs["ginseng_cell_type"].cat.categories,
+            query.uns["ginseng_cell_type_colors"],
+            strict=True,
+        )
     )
     # The same label has the same colour whichever labels a dataset contains.
     assert colors == [full[label] for label in categories]
