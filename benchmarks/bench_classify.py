@@ -153,10 +153,9 @@ def child_profile(query: str, model_path: str) -> dict:
     import scipy.sparse as sp
 
     import ginseng as gs
-    from ginseng.data._align import align_genes
-    from ginseng.data._matrix import check_counts, iter_row_chunks
     from ginseng.data.io import load_model
-    from ginseng.tl._labels import assign_labels, label_colors
+    from ginseng.tl.kernel import align_genes, assign_labels, check_chunk, iter_row_chunks
+    from ginseng.tl.kernel import model_label_colors as label_colors
 
     t: dict[str, float] = {}
     mem = {"after_imports": rss_mb()}
@@ -183,7 +182,7 @@ def child_profile(query: str, model_path: str) -> dict:
     while (item := clock("read_rows", next, chunks, None)) is not None:
         rows, chunk = item
         nnz += chunk.nnz
-        clock("check_counts", lambda c=chunk: check_counts(c, where="X"))
+        clock("check_counts", lambda c=chunk: check_chunk(c, check="sign", where="X"))
         aligned = clock("align_chunk", lambda c=chunk: alignment.take(c))
         clock("densify_again_(in_predict)", lambda a=aligned: sp.csr_matrix(a).toarray())
         p = clock("predict_proba", state.predict_proba, aligned)

@@ -42,7 +42,7 @@ def child_ginseng(train_h5ad: str, query_h5ad: str, epochs: str) -> dict:
     import anndata as ad
 
     import ginseng as gs
-    from ginseng.data._matrix import iter_row_chunks
+    from ginseng.tl.kernel import iter_row_chunks
 
     gs.settings.progress_bar = False
     start, cpu = time.perf_counter(), time.process_time()

@@ -85,26 +85,3 @@ def _write_cli_help() -> None:
 
 
 _write_cli_help()
-
-
-def _hide_private_parameters(app, what, name, obj, options, signature, return_annotation):
-    """Drop ``_``-prefixed parameters (internal switches) from documented signatures."""
-    import inspect
-
-    from sphinx.util.inspect import stringify_signature
-
-    if what not in ("function", "method", "class") or not callable(obj):
-        return None
-    try:
-        sig = inspect.signature(obj)
-    except (TypeError, ValueError):
-        return None
-    if not any(p.startswith("_") for p in sig.parameters):
-        return None
-    public = [p for n, p in sig.parameters.items() if not n.startswith("_")]
-    sig = sig.replace(parameters=public)
-    return stringify_signature(sig, show_return_annotation=False), return_annotation
-
-
-def setup(app):
-    app.connect("autodoc-process-signature", _hide_private_parameters)

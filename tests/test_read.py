@@ -151,7 +151,7 @@ def test_h5ad_in_memory_and_backed_agree(h5ad_file, caplog):
     backed = read_adata(str(h5ad_file), backed="r")
     assert not in_memory.isbacked
     assert backed.isbacked
-    assert backed.file._filemode == "r"
+    assert backed.file["/"].file.mode == "r"  # h5py's public mode
     np.testing.assert_array_equal(dense(in_memory.X), COUNTS)
     np.testing.assert_array_equal(dense(backed.X[:]), COUNTS)
     assert list(backed.obs["cell_type"]) == list("ababab")

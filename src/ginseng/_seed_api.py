@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from anndata import AnnData
 
+from ._docs import shared_docs
 
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from .model.state import GinsengModelState
+
+
+@shared_docs
 def classify(
-    adata: AnnData | str | os.PathLike,
-    state: Any,
+    adata: AnnData | str | os.PathLike[str],
+    state: GinsengModelState | str | os.PathLike[str],
     layer: str | None = "counts",
     return_table: bool = False,
     **kwargs: Any,
-):
+) -> AnnData | pd.DataFrame | None:
     """Annotate ``adata`` with ``state``; :func:`ginseng.tl.classify` with the seed's defaults.
 
     Identical to ``ginseng.tl.classify(adata, state, layer=layer,
@@ -24,14 +32,13 @@ def classify(
 
     Parameters
     ----------
-    adata
-        Cells to annotate: an AnnData (in memory or backed) or a path read out of core.
+    %(classify_adata)s
     state
-        A :class:`~ginseng.model.GinsengModelState` or the path of a saved model file.
+        %(model)s
     layer
-        Layer with raw counts; ``None`` uses ``.X``.
-    return_table
-        Return the results as a DataFrame and leave ``adata`` untouched.
+        Layer with raw counts; ``None`` uses ``.X``. The default ``"counts"`` falls
+        back to ``.X`` when there is no such layer.
+    %(return_table)s
     **kwargs
         Further options of :func:`ginseng.tl.classify` (``unassigned_threshold``,
         ``majority_vote_key``, ``key_added``, ...).
@@ -40,18 +47,13 @@ def classify(
     -------
     As :func:`ginseng.tl.classify`: the results table with ``return_table=True`` (and
     ``adata`` untouched); otherwise ``None`` (the annotated AnnData for a path or with
-    ``copy=True``), after writing, for the default ``key_added="ginseng"``:
+    ``copy=True``), after writing:
 
-    ``obs["ginseng_cell_type"]``, ``obs["ginseng_confidence"]``
-        Predicted label (categorical) and its calibrated probability (float32).
-    ``obsm["ginseng_probabilities"]``
-        Calibrated probability of every label (unless ``store_probabilities=False``).
-    ``obs["ginseng_majority_vote"]``
-        Cluster-level label, with ``majority_vote_key``.
-    ``uns["ginseng_cell_type_colors"]`` (and ``uns["ginseng_majority_vote_colors"]``)
-        A colour per label, the same in every dataset.
-    ``uns["ginseng"]["classify"]``
-        Parameters, label order, model summary and gene overlap.
+    %(classify_fields)s
+
+    Raises
+    ------
+    %(classify_raises)s
 
     Examples
     --------
@@ -72,13 +74,9 @@ def classify(
     >>> predictions.shape  # cell type, confidence and one probability per label
     (350, 12)
     """
-    from .tl._classify import classify as _classify
+    from .tl._classify import ClassifyOptions, run_classify
 
-    return _classify(
-        adata,
-        state,
-        layer=layer,
-        return_table=return_table,
-        _counts_fallback=layer == "counts",
-        **kwargs,
+    options = ClassifyOptions.from_keywords(
+        kwargs, layer=layer, return_table=return_table, counts_fallback=layer == "counts"
     )
+    return run_classify(adata, state, options)

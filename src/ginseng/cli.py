@@ -9,8 +9,17 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from ._errors import GinsengError, InputError
+from ._keys import DEFAULT_KEYS
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# Help shared by the subcommands that read data.
+_INPUT_HELP = ".h5ad, AnnData .zarr, 10x .h5/folder or URL"
+_LAYER_HELP = "layer with raw counts (default: X)"
 
 
 def _read(path: str, *, backed: bool):
@@ -35,14 +44,13 @@ def _genes(adata, genes: str | None):
 
 
 def _train(args: argparse.Namespace) -> int:
-    import ginseng as gs
-
+    from . import pp, tl
     from .data.io import save_model
 
     adata = _read(args.input, backed=True)
     if args.n_top_genes:
-        gs.pp.select_hvgs(adata, n_top_genes=args.n_top_genes, layer=args.layer)
-    state = gs.tl.train(
+        pp.select_hvgs(adata, n_top_genes=args.n_top_genes, layer=args.layer)
+    state = tl.train(
         adata,
         args.labels,
         layer=args.layer,
@@ -58,10 +66,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _annotate(args: argparse.Namespace) -> int:
-    import ginseng as gs
-
+    from . import tl
     from .data._atomic import new_file
-    from .tl._classify import results_table
 
     adata = _read(args.input, backed=True)
     options = {
@@ -73,19 +79,20 @@ def _annotate(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size,
     }
     if args.out is None:
-        table = gs.tl.classify(adata, args.model, return_table=True, **options)
+        # return_table=True returns the DataFrame (the union type covers the other modes).
+        table = cast("pd.DataFrame", tl.classify(adata, args.model, return_table=True, **options))
     else:
-        gs.tl.classify(adata, args.model, **options)
+        tl.classify(adata, args.model, **options)
         # Written aside and renamed: a kill never leaves a partial file at --out.
         with new_file(args.out, "the annotated AnnData") as staged:
             adata.write_h5ad(staged)
         print(f"annotated data written to {args.out}")
-        table = results_table(adata)  # the same table, without classifying twice
+        table = tl.results_table(adata)  # the same table, without classifying twice
     if args.table is not None:
         with new_file(args.table, "the predictions table") as staged:
             table.to_csv(staged)
         print(f"predictions for {len(table)} cells written to {args.table}")
-    counts = table["ginseng_cell_type"].value_counts()
+    counts = table[DEFAULT_KEYS.cell_type].value_counts()
     print("predicted cell types:\n" + counts[counts > 0].to_string())
     return 0
 
@@ -113,9 +120,9 @@ def _parser() -> argparse.ArgumentParser:
     train = commands.add_parser(
         "train", help="train a classifier on annotated counts and save it (.h5)"
     )
-    train.add_argument("input", help=".h5ad, AnnData .zarr, 10x .h5/folder or URL")
+    train.add_argument("input", help=_INPUT_HELP)
     train.add_argument("--labels", required=True, help="obs column with the cell types")
-    train.add_argument("--layer", help="layer with raw counts (default: X)")
+    train.add_argument("--layer", help=_LAYER_HELP)
     train.add_argument(
         "--genes",
         help="boolean var column or a file with one gene per line (default: "
@@ -131,9 +138,9 @@ def _parser() -> argparse.ArgumentParser:
     train.set_defaults(func=_train)
 
     annotate = commands.add_parser("annotate", help="annotate cells with a saved model")
-    annotate.add_argument("input", help=".h5ad, AnnData .zarr, 10x .h5/folder or URL")
+    annotate.add_argument("input", help=_INPUT_HELP)
     annotate.add_argument("--model", required=True, help="model file from `ginseng train`")
-    annotate.add_argument("--layer", help="layer with raw counts (default: X)")
+    annotate.add_argument("--layer", help=_LAYER_HELP)
     annotate.add_argument("--out", help="write the annotated AnnData here (.h5ad)")
     annotate.add_argument("--table", help="write predictions here (.csv)")
     annotate.add_argument(

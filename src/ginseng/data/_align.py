@@ -79,8 +79,8 @@ class GeneAlignment:
         """The chunk's columns in model order: reordered, extras dropped, missing genes zero.
 
         Values are copied, never computed, so counts stay exact. scipy's column indexing
-        picks the found genes (in C, faster than a selector product); their columns are
-        then renumbered to the model's positions, leaving the missing ones empty.
+        picks the found genes (in C, faster than multiplying by a 0/1 selector matrix);
+        their columns are then renumbered to the model's positions, leaving the missing ones empty.
         """
         found = self._found
         picked = chunk[:, self.positions[found]]
@@ -92,14 +92,6 @@ class GeneAlignment:
     @cached_property
     def _found(self) -> np.ndarray:
         return np.flatnonzero(self.positions >= 0)
-
-    def selector(self) -> sp.csr_matrix:
-        """0/1 matrix (query genes x model genes): ``chunk @ selector`` is the aligned chunk."""
-        found = np.flatnonzero(self.positions >= 0)
-        return sp.csr_matrix(
-            (np.ones(found.size, np.float32), (self.positions[found], found)),
-            shape=(self.n_query_genes, self.n_model_genes),
-        )
 
     def summary(self) -> dict[str, Any]:
         """JSON/h5ad-friendly description, recorded in ``uns``."""

@@ -151,7 +151,7 @@ def read_adata(
     else:
         raise InputError(f"Cannot read a {type(source).__name__}; expected {ACCEPTED_FORMATS}.")
 
-    fmt, prefix = _detect_format(path, label)
+    fmt, prefix = detect_format(path, label)
     if backed is not None and fmt != "h5ad":
         raise InputError(
             f"backed={backed!r} works only for .h5ad files, but {label} is a "
@@ -203,7 +203,7 @@ def _read(path: Path, fmt: str, *, prefix: str, backed: str | None, label: str) 
         ) from error
 
 
-def _detect_format(path: Path, label: str) -> tuple[str, str]:
+def detect_format(path: Path, label: str) -> tuple[str, str]:
     """Return ``(format, 10x file-name prefix)`` of ``path`` by looking at its content."""
     if path.is_dir():
         return _detect_directory(path, label)

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from .._errors import InputError
-from .._keys import OBS_CELL_TYPE
+from .._keys import DEFAULT_KEYS
 from .._logging import logger
 from ._utils import (
     check_adata,
@@ -87,7 +87,7 @@ def _normalized(counts: np.ndarray, normalize: str | None) -> np.ndarray:
 def confusion(
     adata: Any,
     true_key: str | None = None,
-    pred_key: str = OBS_CELL_TYPE,
+    pred_key: str = DEFAULT_KEYS.cell_type,
     *,
     normalize: str | None = "true",
     ax=None,

@@ -9,11 +9,11 @@ from typing import Any
 import numpy as np
 
 from .._errors import InputError
-from .._keys import PREFIX, UNASSIGNED
+from .._keys import PREFIX, UNASSIGNED, ResultKeys
 from ._utils import (
     check_adata,
+    colors_from_uns,
     finish,
-    label_colors,
     new_axes,
     obs_column,
     observed_order,
@@ -23,7 +23,7 @@ from ._utils import (
 
 def unassigned_threshold(adata, key_added: str) -> float | None:
     """The ``unassigned_threshold`` recorded by ``tl.classify`` under ``key_added``, if any."""
-    record = adata.uns.get(key_added)
+    record = adata.uns.get(ResultKeys.from_prefix(key_added).uns)
     try:
         value = record["classify"]["params"]["unassigned_threshold"]
     except (KeyError, TypeError, IndexError):
@@ -93,7 +93,8 @@ def confidence(
     10
     """
     check_adata(adata, "confidence")
-    label_key, conf_key = f"{key_added}_cell_type", f"{key_added}_confidence"
+    keys = ResultKeys.from_prefix(key_added)
+    label_key, conf_key = keys.cell_type, keys.confidence
     hint = f" (run ginseng.tl.classify with key_added={key_added!r} first?)"
     obs_column(adata, label_key, hint)
     values = np.asarray(obs_column(adata, conf_key, hint), dtype=np.float64)
@@ -110,7 +111,7 @@ def confidence(
     # Rotated tick labels take height from the plot: grow the figure with them.
     height = min(3.0 + 0.06 * max(map(len, ticks)), 9.0)
     fig, ax, created = new_axes(ax, (min(max(4.0, 0.6 * len(order) + 2.0), 24), height))
-    colors = label_colors(adata, group_key, order)
+    colors = colors_from_uns(adata, group_key, order)
     if groupby is None and UNASSIGNED in order:
         colors[order.index(UNASSIGNED)] = "lightgray"
     positions = np.arange(len(order))

@@ -103,8 +103,12 @@ def finish(fig, *, created: bool, show: bool | None, save: str | os.PathLike | N
         plt.show()
 
 
-def label_colors(adata, key: str, order: list[str]) -> list:
-    """One colour per label of ``order``: ``uns[f"{key}_colors"]`` when it fits, else tab10/20."""
+def colors_from_uns(adata, key: str, order: list[str]) -> list:
+    """One colour per label of ``order``: ``uns[f"{key}_colors"]`` when it fits, else tab10/20.
+
+    Plots colour labels as scanpy's embeddings do; the stored colours of
+    ``gs.tl.classify``'s columns come from :func:`ginseng.tl.kernel.model_label_colors`.
+    """
     from matplotlib import colormaps, colors
 
     column = adata.obs[key] if key in adata.obs.columns else None

@@ -1,34 +1,44 @@
-"""``ginseng.tl.classify``: annotate the cells of an AnnData with a trained model."""
+"""``ginseng.tl.classify``: annotate the cells of an AnnData with a trained model.
+
+Three steps, after decoupler's ``_run``/``_return`` split: open the query and check the
+options (:class:`ClassifyOptions`), compute the predictions chunk by chunk with the
+pure kernel of :mod:`ginseng.tl.kernel`, and hand them to the one writer of AnnData
+keys (:func:`ginseng.tl._results.write_annotation`), or lay them out as a table.
+"""
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from .. import _keys
+from .._docs import shared_docs
 from .._errors import InputError
-from .._logging import progress, timed
+from .._keys import PREFIX, ResultKeys
+from .._logging import timed
 from .._settings import settings
-from ..data._align import align_genes
-from ..data._matrix import check_counts as _check_negative
-from ..data._matrix import iter_row_chunks
-from ..data._preflight import check_raw_counts
-from ._labels import assign_labels, label_colors, majority_vote
-from ._query import open_query, write_back
+from ..data._writeback import backed_mode, write_results
+from ._query import open_query
 from ._record import drop_none, model_summary
+from ._results import Annotation, annotation_table, write_annotation
+from .kernel import ChunkResult, align_genes, assign_labels, classify_chunks, majority_vote
+
+if TYPE_CHECKING:
+    from ..model.state import GinsengModelState
 
 
+@shared_docs
 def classify(
-    adata: AnnData | str | os.PathLike,
-    model: Any,
+    adata: AnnData | str | os.PathLike[str],
+    model: GinsengModelState | str | os.PathLike[str],
     *,
     layer: str | None = None,
-    key_added: str = _keys.PREFIX,
+    key_added: str = PREFIX,
     gene_key: str | None = None,
     min_gene_overlap: float = 0.5,
     unassigned_threshold: float | None = None,
@@ -40,7 +50,6 @@ def classify(
     return_table: bool = False,
     copy: bool = False,
     write: bool = False,
-    _counts_fallback: bool = False,
 ) -> AnnData | pd.DataFrame | None:
     """Annotate cells with a trained ginseng model, chunk by chunk.
 
@@ -51,45 +60,12 @@ def classify(
 
     Parameters
     ----------
-    adata
-        Cells to annotate: an AnnData in memory (dense or sparse) or backed (``"r"`` or
-        ``"r+"``), or a path to an ``.h5ad`` file, an AnnData ``.zarr`` store (both read
-        out of core) or any file :func:`ginseng.data.io.read_adata` reads.
+    %(classify_adata)s
     model
-        A :class:`~ginseng.model.GinsengModelState` or the path of a saved model file.
-    layer
-        Layer with raw counts; ``None`` uses ``.X``. After standard scanpy preprocessing
-        the counts are usually in ``layer="counts"``.
-    key_added
-        Prefix of the keys written (``"ginseng"`` gives ``obs["ginseng_cell_type"]``...).
-    gene_key
-        ``var`` column with gene names matching the model's. ``None`` uses ``var_names``,
-        or, when they match too few of the model's genes, the best-matching text column
-        of ``var`` (e.g. ``gene_ids`` for Ensembl ids, ``feature_name`` for symbols),
-        which is logged. Ensembl version suffixes are ignored.
-    min_gene_overlap
-        Least fraction of the model's genes that must be found in the query, else a
-        :class:`~ginseng.GeneMismatchError` names the likely cause. Missing genes are
-        zero-filled.
-    unassigned_threshold
-        Cells whose confidence is below this get the label ``"Unassigned"``.
-    majority_vote_key
-        ``obs`` column of clusters (e.g. ``"leiden"``): also write the most frequent
-        prediction of each cluster to ``obs[f"{key_added}_majority_vote"]``.
-    min_prop
-        Clusters whose most frequent label covers less than this fraction of their cells
-        are voted ``"Heterogeneous"``.
-    store_probabilities
-        Write the probabilities of every label to ``obsm``. ``False`` saves
-        ``n_cells x n_labels`` floats of memory.
-    check_counts
-        Refuse log-normalised or scaled input (negative values; non-integer values with
-        constant per-cell totals or only small values). Switch off only if you know the
-        matrix holds counts.
-    batch_size
-        Cells read and classified per chunk; defaults to ``ginseng.settings.chunk_size``.
-    return_table
-        Return the results as a DataFrame and leave ``adata`` untouched.
+        %(model)s
+    %(layer)s
+    %(classify_options)s
+    %(return_table)s
     copy
         Annotate and return a copy of ``adata`` (in memory only) instead of ``adata``.
     write
@@ -106,36 +82,11 @@ def classify(
     (backed for ``.h5ad``; for ``.zarr`` its obs/var/uns/obsm only), annotated.
     Otherwise ``None``, and ``adata`` gains:
 
-    ``obs[f"{key_added}_cell_type"]``
-        Categorical prediction; categories are the model's labels that some cell
-        received (in model order), plus ``"Unassigned"`` when some cell falls below
-        ``unassigned_threshold``. Labels no cell received are not categories, so
-        scanpy's grouping functions (``sc.tl.rank_genes_groups``, ``sc.pl.dotplot``,
-        ``sc.tl.dendrogram``) accept the column as it is.
-    ``obs[f"{key_added}_confidence"]``
-        float32 calibrated probability of the predicted label.
-    ``obsm[f"{key_added}_probabilities"]``
-        float32 ``n_cells x n_labels`` calibrated probabilities; columns follow
-        ``uns[key_added]["classify"]["labels"]`` (unless ``store_probabilities=False``).
-    ``obs[f"{key_added}_majority_vote"]``
-        Categorical cluster-level label (with ``majority_vote_key``); categories as
-        above, with ``"Heterogeneous"`` last when some cluster got it.
-    ``uns[f"{key_added}_cell_type_colors"]`` (and ``..._majority_vote_colors``)
-        A colour per category, fixed by the label's position in the model, so
-        ``sc.pl.umap(adata, color="ginseng_cell_type")`` colours a cell type the same
-        in every dataset.
-    ``uns[key_added]["classify"]``
-        ``"params"`` (the arguments), ``"labels"`` (probability column order),
-        ``"model"`` (holdout accuracy, macro-F1, ECE, temperature, fingerprint) and
-        ``"gene_overlap"`` (genes found, fraction, the names' source and id types).
+    %(classify_fields)s
 
     Raises
     ------
-    GeneMismatchError
-        Fewer than ``min_gene_overlap`` of the model's genes are in the query.
-    InputError
-        The matrix does not hold raw counts (see ``check_counts``), a key is missing,
-        or the options contradict each other.
+    %(classify_raises)s
 
     Examples
     --------
@@ -185,174 +136,193 @@ def classify(
     >>> annotated.isbacked, annotated.obs["ginseng_cell_type"].size
     (True, 700)
     """
+    options = ClassifyOptions(
+        layer=layer,
+        key_added=key_added,
+        gene_key=gene_key,
+        min_gene_overlap=min_gene_overlap,
+        unassigned_threshold=unassigned_threshold,
+        majority_vote_key=majority_vote_key,
+        min_prop=min_prop,
+        store_probabilities=store_probabilities,
+        check_counts=check_counts,
+        batch_size=batch_size,
+        return_table=return_table,
+        copy=copy,
+        write=write,
+    )
+    return run_classify(adata, model, options)
+
+
+@dataclass(frozen=True)
+class ClassifyOptions:
+    """The keyword options of :func:`classify`, checked by :meth:`check`.
+
+    ``counts_fallback`` is not an option of ``gs.tl.classify``: ``ginseng.classify``
+    (the seed API) sets it so that ``layer="counts"`` falls back to ``.X`` when the
+    data have no such layer.
+    """
+
+    layer: str | None = None
+    key_added: str = PREFIX
+    gene_key: str | None = None
+    min_gene_overlap: float = 0.5
+    unassigned_threshold: float | None = None
+    majority_vote_key: str | None = None
+    min_prop: float = 0.0
+    store_probabilities: bool = True
+    check_counts: bool = True
+    batch_size: int | None = None
+    return_table: bool = False
+    copy: bool = False
+    write: bool = False
+    counts_fallback: bool = False
+
+    def check(self, adata: object) -> None:
+        """Refuse contradicting or out-of-range options for this ``adata``."""
+        if self.return_table and (self.copy or self.write):
+            raise InputError(
+                "return_table=True leaves adata untouched; do not combine it with copy= or write=."
+            )
+        if self.copy and not isinstance(adata, AnnData):
+            raise InputError(
+                "copy=True applies to an AnnData; for a path, classify already returns the "
+                "annotated AnnData it reads (use return_table=True for a DataFrame)."
+            )
+        if self.copy and isinstance(adata, AnnData) and adata.isbacked:
+            raise InputError(
+                "copy=True would load the backed AnnData into memory; annotate it in place, "
+                "or use return_table=True, or pass adata.to_memory() if it fits."
+            )
+        if self.write and isinstance(adata, AnnData):
+            _check_writable_adata(adata)
+        threshold = self.unassigned_threshold
+        if threshold is not None and not (
+            isinstance(threshold, int | float) and 0.0 <= float(threshold) <= 1.0
+        ):
+            raise InputError(f"unassigned_threshold must be in [0, 1], got {threshold!r}.")
+        if not isinstance(self.key_added, str) or not self.key_added:
+            raise InputError(f"key_added must be a non-empty string, got {self.key_added!r}.")
+        size = self.batch_size
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+            raise InputError(f"batch_size must be a positive integer, got {size!r}.")
+
+    def params(self, layer: str | None, batch_size: int) -> dict[str, object]:
+        """What ``uns[key_added]["classify"]["params"]`` records (no ``None``)."""
+        params = {
+            "layer": layer,
+            "key_added": self.key_added,
+            "gene_key": self.gene_key,
+            "min_gene_overlap": float(self.min_gene_overlap),
+            "unassigned_threshold": self.unassigned_threshold,
+            "majority_vote_key": self.majority_vote_key,
+            "min_prop": float(self.min_prop),
+            "store_probabilities": bool(self.store_probabilities),
+            "check_counts": bool(self.check_counts),
+            "batch_size": int(batch_size),
+        }
+        return drop_none(params)
+
+    @classmethod
+    def from_keywords(cls, keywords: Mapping[str, Any], **internal: Any) -> ClassifyOptions:
+        """Options from keyword arguments of :func:`classify` (plus ``internal`` fields).
+
+        An unknown keyword raises the :class:`TypeError` a call of ``classify`` would.
+        """
+        accepted = set(inspect.signature(classify).parameters) - {"adata", "model"}
+        for name in keywords:
+            if name not in accepted:
+                raise TypeError(f"classify() got an unexpected keyword argument {name!r}")
+        return cls(**{**keywords, **internal})
+
+    def replace(self, **changes: Any) -> ClassifyOptions:
+        """A copy with ``changes`` applied."""
+        return ClassifyOptions(**{**asdict(self), **changes})
+
+
+def run_classify(
+    adata: AnnData | str | os.PathLike[str],
+    model: GinsengModelState | str | os.PathLike[str],
+    options: ClassifyOptions,
+) -> AnnData | pd.DataFrame | None:
+    """:func:`classify` with its options gathered in ``options``; see there."""
     from ..model.file import as_model_state
 
     state = as_model_state(model)
-    _check_options(adata, return_table, copy, write, unassigned_threshold, key_added)
-    batch_size = settings.chunk_size if batch_size is None else batch_size
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}.")
-    query = open_query(adata, layer, counts_fallback=_counts_fallback, write=write)
+    if options.batch_size is None:
+        options = options.replace(batch_size=settings.chunk_size)
+    options.check(adata)
+    batch_size = int(options.batch_size)  # type: ignore[arg-type]  # set just above
+    query = open_query(
+        adata, options.layer, counts_fallback=options.counts_fallback, write=options.write
+    )
     target = query.adata
-    if majority_vote_key is not None and majority_vote_key not in target.obs.columns:
+    vote_key = options.majority_vote_key
+    if vote_key is not None and vote_key not in target.obs.columns:
         raise InputError(
-            f"majority_vote_key={majority_vote_key!r} is not a column of adata.obs "
+            f"majority_vote_key={vote_key!r} is not a column of adata.obs "
             f"(e.g. run sc.tl.leiden first); columns: {', '.join(map(str, target.obs.columns))}."
         )
-
-    labels = [str(x) for x in state.labels]
     alignment = align_genes(
-        state.genes, target.var, gene_key=gene_key, min_overlap=min_gene_overlap
+        state.genes, target.var, gene_key=options.gene_key, min_overlap=options.min_gene_overlap
     )
-    keep_proba = store_probabilities or return_table
-    n = target.n_obs
-    codes = np.empty(n, np.int32)
-    confidence = np.empty(n, np.float32)
-    proba = np.empty((n, len(labels)), np.float32) if keep_proba else None
-
+    n, labels = target.n_obs, [str(x) for x in state.labels]
     with timed(f"classifying {n} cells with a {len(labels)}-label ginseng model"):
-        bar = progress(total=n, desc="classifying", unit="cells")
-        sampled = False  # the full raw-count check runs on the first chunk with values
-        for rows, chunk in iter_row_chunks(query.matrix, batch_size):
-            if check_counts and not sampled:
-                check_raw_counts(chunk, where=query.where, layers=query.layers)
-                sampled = chunk.nnz > 0
-            elif check_counts:
-                _check_negative(chunk, where=query.where)
-            p = state.predict_proba(alignment.take(chunk))
-            codes[rows] = p.argmax(axis=1)
-            confidence[rows] = p[np.arange(len(p)), codes[rows]]
-            if proba is not None:
-                proba[rows] = p
-            bar.update(rows.stop - rows.start)
-        bar.close()
-
-    predicted = assign_labels(codes, confidence, labels, unassigned_threshold)
-    votes = None
-    if majority_vote_key is not None:
-        votes = majority_vote(predicted, target.obs[majority_vote_key], min_prop=min_prop)
-
-    names = _names(key_added)
-    if return_table:
-        return _table(target.obs_names, predicted, confidence, proba, labels, votes, names)
-
-    out = target.copy() if copy else target
-    out.obs[names["cell_type"]] = pd.Categorical(predicted)
-    out.obs[names["confidence"]] = confidence
-    out.uns[f"{names['cell_type']}_colors"] = label_colors(list(predicted.categories), labels)
-    obsm_keys = []
-    if store_probabilities:
-        out.obsm[names["probabilities"]] = proba
-        obsm_keys.append(names["probabilities"])
-    uns_keys = [key_added, f"{names['cell_type']}_colors"]
-    if votes is not None:
-        out.obs[names["majority_vote"]] = votes
-        out.uns[f"{names['majority_vote']}_colors"] = label_colors(list(votes.categories), labels)
-        uns_keys.append(f"{names['majority_vote']}_colors")
-    params = {
-        "layer": query.layer,
-        "key_added": key_added,
-        "gene_key": gene_key,
-        "min_gene_overlap": float(min_gene_overlap),
-        "unassigned_threshold": unassigned_threshold,
-        "majority_vote_key": majority_vote_key,
-        "min_prop": float(min_prop),
-        "store_probabilities": bool(store_probabilities),
-        "check_counts": bool(check_counts),
-        "batch_size": int(batch_size),
-    }
-    entry = out.uns.get(key_added, {})
-    if not isinstance(entry, Mapping):
-        raise InputError(
-            f"adata.uns[{key_added!r}] holds a {type(entry).__name__}, not ginseng's records; "
-            "pass another key_added= or remove that entry."
+        result = classify_chunks(
+            query.matrix,
+            alignment,
+            state,
+            batch_size=batch_size,
+            check_counts=options.check_counts,
+            where=query.where,
+            layers=query.layers,
+            probabilities=options.store_probabilities or options.return_table,
         )
-    entry["classify"] = {
-        "params": drop_none(params),
+    annotation = _annotation(result, labels, target.obs, options)
+    keys = ResultKeys.from_prefix(options.key_added)
+    if options.return_table:
+        return annotation_table(annotation, target.obs_names, keys)
+
+    out = target.copy() if options.copy else target
+    record = {
+        "params": options.params(query.layer, batch_size),
         "labels": labels,
         "model": model_summary(state),
         "gene_overlap": alignment.summary(),
     }
-    out.uns[key_added] = entry
-    if write:
-        write_back(query, obsm_keys=obsm_keys, uns_keys=uns_keys)
-    if copy or not isinstance(adata, AnnData):
+    obsm_keys, uns_keys = write_annotation(
+        out, annotation, keys, record=record, store_probabilities=options.store_probabilities
+    )
+    if options.write:
+        if query.file is None or query.fmt is None:  # refused by open_query already
+            raise InputError("write=True needs an .h5ad or AnnData .zarr file.")
+        write_results(out, query.file, query.fmt, obsm_keys=obsm_keys, uns_keys=uns_keys)
+    if options.copy or not isinstance(adata, AnnData):
         return out
     return None
 
 
-def _table(index, predicted, confidence, proba, labels, votes, names) -> pd.DataFrame:
-    table = pd.DataFrame(
-        {names["cell_type"]: predicted, names["confidence"]: np.asarray(confidence)},
-        index=pd.Index(index).copy(),
-    )
-    table = pd.concat([table, pd.DataFrame(proba, index=table.index, columns=labels)], axis=1)
-    if votes is not None:
-        table[names["majority_vote"]] = votes
-    return table
+def _annotation(
+    result: ChunkResult, labels: list[str], obs: pd.DataFrame, options: ClassifyOptions
+) -> Annotation:
+    """Labels (with Unassigned) and majority votes from the kernel's codes."""
+    predicted = assign_labels(result.codes, result.confidence, labels, options.unassigned_threshold)
+    votes = None
+    if options.majority_vote_key is not None:
+        votes = majority_vote(predicted, obs[options.majority_vote_key], min_prop=options.min_prop)
+    return Annotation(predicted, result.confidence, result.probabilities, labels, votes)
 
 
-def results_table(adata: AnnData, key_added: str = _keys.PREFIX) -> pd.DataFrame:
-    """The ``return_table=True`` DataFrame, rebuilt from what classify wrote into ``adata``.
-
-    Needs the probabilities (``store_probabilities=True``).
-    """
-    names = _names(key_added)
-    missing = [k for k in ("cell_type", "confidence") if names[k] not in adata.obs.columns]
-    if missing or names["probabilities"] not in adata.obsm:
-        raise InputError(
-            f"adata holds no complete ginseng.tl.classify results under key_added={key_added!r} "
-            "(with store_probabilities=True)."
-        )
-    obs = adata.obs
-    return _table(
-        adata.obs_names,
-        obs[names["cell_type"]].array,
-        obs[names["confidence"]].to_numpy(),
-        np.asarray(adata.obsm[names["probabilities"]]),
-        list(adata.uns[key_added]["classify"]["labels"]),
-        obs[names["majority_vote"]].array if names["majority_vote"] in obs else None,
-        names,
-    )
-
-
-def _names(key_added: str) -> dict[str, str]:
-    return {
-        "cell_type": f"{key_added}_cell_type",
-        "confidence": f"{key_added}_confidence",
-        "probabilities": f"{key_added}_probabilities",
-        "majority_vote": f"{key_added}_majority_vote",
-    }
-
-
-def _check_options(adata, return_table, copy, write, threshold, key_added) -> None:
-    if return_table and (copy or write):
-        raise InputError(
-            "return_table=True leaves adata untouched; do not combine it with copy= or write=."
-        )
-    if copy and not isinstance(adata, AnnData):
-        raise InputError(
-            "copy=True applies to an AnnData; for a path, classify already returns the "
-            "annotated AnnData it reads (use return_table=True for a DataFrame)."
-        )
-    if copy and isinstance(adata, AnnData) and adata.isbacked:
-        raise InputError(
-            "copy=True would load the backed AnnData into memory; annotate it in place, "
-            "or use return_table=True, or pass adata.to_memory() if it fits."
-        )
-    if write and isinstance(adata, AnnData) and not adata.isbacked:
+def _check_writable_adata(adata: AnnData) -> None:
+    if not adata.isbacked:
         raise InputError(
             "write=True writes into the file behind a path or a backed AnnData; an "
             "in-memory AnnData is annotated in place (save it with adata.write_h5ad)."
         )
-    if write and isinstance(adata, AnnData) and adata.file._filemode != "r+":
+    mode = backed_mode(adata)
+    if mode != "r+":
+        state = "closed" if mode is None else "open read-only"
         raise InputError(
             f"write=True needs the backed AnnData opened with backed='r+' "
-            f"({adata.filename} is open read-only)."
+            f"({adata.filename} is {state})."
         )
-    if threshold is not None and not (
-        isinstance(threshold, int | float) and 0.0 <= float(threshold) <= 1.0
-    ):
-        raise InputError(f"unassigned_threshold must be in [0, 1], got {threshold!r}.")
-    if not isinstance(key_added, str) or not key_added:
-        raise InputError(f"key_added must be a non-empty string, got {key_added!r}.")

@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .. import _keys
 from .._errors import InputError
+from .._keys import HETEROGENEOUS, UNASSIGNED
 
-HETEROGENEOUS = "Heterogeneous"
 # Reserved labels get fixed greys, so they never take a cell type's colour.
-_RESERVED_COLORS = {_keys.UNASSIGNED: "#d3d3d3", HETEROGENEOUS: "#808080"}
+_RESERVED_COLORS = {UNASSIGNED: "#d3d3d3", HETEROGENEOUS: "#808080"}
 
 
 def _palette(n: int) -> list[str]:
@@ -21,18 +20,23 @@ def _palette(n: int) -> list[str]:
     matplotlib is imported rather than scanpy, which costs ~2 s in a fresh process.
     """
     from matplotlib import colormaps
-    from matplotlib.colors import to_hex
+    from matplotlib.colors import ListedColormap, to_hex
 
-    tab20 = colormaps["tab20"].colors
-    colors = [*tab20[0::2], *tab20[1::2], *colormaps["tab20b"].colors, *colormaps["tab20c"].colors]
+    def listed(name: str) -> list:
+        cmap = colormaps[name]
+        assert isinstance(cmap, ListedColormap)
+        return np.asarray(cmap.colors).tolist()
+
+    tab20 = listed("tab20")
+    colors = [*tab20[0::2], *tab20[1::2], *listed("tab20b"), *listed("tab20c")]
     # Greys are reserved for Unassigned and Heterogeneous.
     colors = [c for c in colors if not (c[0] == c[1] == c[2])]
     if n > len(colors):
-        colors = colormaps["turbo"](np.linspace(0.05, 0.95, n))
+        colors = list(colormaps["turbo"](np.linspace(0.05, 0.95, n)))
     return [to_hex(c) for c in colors[:n]]
 
 
-def label_colors(categories: list[str], model_labels: list[str]) -> list[str]:
+def model_label_colors(categories: list[str], model_labels: list[str]) -> list[str]:
     """One hex colour per category, fixed by the label's position in the model.
 
     scanpy picks colours by category position; tying them to the model's label order
@@ -52,16 +56,16 @@ def assign_labels(
     Categories keep the model's order, with ``"Unassigned"`` last when a cell got it.
     Labels no cell received are left out: scanpy's grouping functions
     (``rank_genes_groups``, ``dotplot``, ``dendrogram``) expect every category to hold
-    cells. Colours stay tied to the model position (:func:`label_colors`).
+    cells. Colours stay tied to the model position (:func:`model_label_colors`).
     """
     categories = list(labels)
     if threshold is not None:
-        if _keys.UNASSIGNED in categories:
+        if UNASSIGNED in categories:
             raise InputError(
-                f"The model has a label named {_keys.UNASSIGNED!r}, so unassigned_threshold "
+                f"The model has a label named {UNASSIGNED!r}, so unassigned_threshold "
                 "cannot mark low-confidence cells; leave it None."
             )
-        categories.append(_keys.UNASSIGNED)
+        categories.append(UNASSIGNED)
         codes = np.where(confidence < threshold, len(labels), codes)
     predicted = pd.Categorical.from_codes(codes.astype(np.int32), categories=categories)
     return predicted.remove_unused_categories()

@@ -1,9 +1,10 @@
-"""Open the data ``classify`` annotates, and write its results back into files.
+"""Open the data ``classify`` annotates.
 
 Whatever the input (AnnData in memory or backed, an ``.h5ad`` or AnnData ``.zarr``
 path, any other format ``read_adata`` reads), classification sees the same thing: an
 AnnData whose ``obs``/``var``/``uns`` receive the results, and a count matrix that is
-read ``chunk`` rows at a time and is never loaded whole.
+read ``chunk`` rows at a time and is never loaded whole. Results go back into the file
+through :mod:`ginseng.data._writeback`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from anndata import AnnData
 from .._errors import InputError
 from .._logging import logger
 from ..data._matrix import get_matrix, matrix_name
+from ..data._writeback import check_writable
 
 
 @dataclass
@@ -67,14 +69,14 @@ def open_query(
         )
     if not isinstance(adata, str | os.PathLike):
         raise InputError(f"adata must be an AnnData or a path to one, got {type(adata).__name__}.")
-    from ..data._read import _detect_format, read_adata
+    from ..data._read import detect_format, read_adata
 
     path = Path(adata).expanduser()
     if not path.exists():
         raise InputError(f"{path} does not exist.")
-    fmt, _ = _detect_format(path, str(path))
+    fmt, _ = detect_format(path, str(path))
     if write:
-        _check_writable(path, fmt)
+        check_writable(path, fmt)
     if fmt == "h5ad":
         backed = read_adata(path, backed="r")
         layers = list(backed.layers.keys())
@@ -89,26 +91,6 @@ def open_query(
     return Query(loaded, get_matrix(loaded, layer), layer, f"{path}: {matrix_name(layer)}")
 
 
-def _check_writable(path: Path, fmt: str) -> None:
-    if fmt not in ("h5ad", "zarr"):
-        raise InputError(
-            f"write=True needs an .h5ad or AnnData .zarr file; {path} is not one. Use "
-            "return_table=True, or save the returned AnnData with write_h5ad."
-        )
-    if fmt == "h5ad":
-        import h5py
-
-        try:
-            with h5py.File(path, "r+"):
-                pass
-        except OSError as error:
-            raise InputError(
-                f"Cannot write into {path} ({error}). If an AnnData from an earlier "
-                "classify call (or read_h5ad(backed=...)) holds it open, close it first "
-                "with adata.file.close()."
-            ) from error
-
-
 def _open_zarr(path: Path, layer: str | None, counts_fallback: bool) -> Query:
     """An AnnData of the store's obs/var/uns/obsm; the counts stay in the store."""
     import zarr
@@ -116,14 +98,15 @@ def _open_zarr(path: Path, layer: str | None, counts_fallback: bool) -> Query:
 
     try:
         group = zarr.open_group(path, mode="r")
-        layers = list(group["layers"].keys()) if "layers" in group else []
+        layers_group = group["layers"] if "layers" in group else None
+        layers = list(layers_group.keys()) if isinstance(layers_group, zarr.Group) else []
         layer = _resolve_layer(layers, layer, counts_fallback)
         key = "X" if layer is None else f"layers/{layer}"
         if key not in group:
             available = ", ".join(map(repr, layers)) or "none"
             raise InputError(f"{path} has no {key!r} (layers: {available}).")
         element = group[key]
-        encoding = element.attrs.get("encoding-type", "")
+        encoding = str(element.attrs.get("encoding-type", ""))
         matrix = sparse_dataset(element) if encoding.endswith("_matrix") else element
         parts = {k: read_elem(group[k]) for k in ("obs", "var", "uns", "obsm") if k in group}
     except InputError:
@@ -134,56 +117,3 @@ def _open_zarr(path: Path, layer: str | None, counts_fallback: bool) -> Query:
     for key_, value in parts.get("obsm", {}).items():
         adata.obsm[key_] = value
     return Query(adata, matrix, layer, f"{path}: {matrix_name(layer)}", path, "zarr", layers)
-
-
-def write_back(query: Query, *, obsm_keys: list[str], uns_keys: list[str]) -> None:
-    """Write ``obs``, the given ``obsm`` and ``uns`` entries of ``query.adata`` into its file.
-
-    Only these elements are replaced; X, layers and everything else in the file stay
-    as they were. The update is crash-safe: it is written into a staged copy that
-    replaces the file in one atomic rename (:func:`ginseng.data._atomic.staged_update`),
-    so a killed process leaves the file as it was or fully updated.
-    """
-    from anndata.io import write_elem
-
-    from ..data._atomic import staged_update
-
-    adata, path = query.adata, query.file
-    if query.fmt not in ("h5ad", "zarr"):
-        raise InputError(
-            "write=True needs an .h5ad or AnnData .zarr file (a path or a backed AnnData)."
-        )
-    reopen = query.fmt == "h5ad" and adata.isbacked and adata.file.is_open
-    mode = adata.file._filemode if reopen else None
-    if reopen:
-        adata.file.close()  # the staged copy replaces the file we had open
-    try:
-        with staged_update(path, "classify's results") as staged:
-            if query.fmt == "h5ad":
-                import h5py
-
-                with h5py.File(staged, "r+") as group:
-                    _write_elements(group, adata, obsm_keys, uns_keys, write_elem)
-            else:
-                import zarr
-
-                group = zarr.open_group(staged, mode="r+", use_consolidated=False)
-                _write_elements(group, adata, obsm_keys, uns_keys, write_elem)
-                # anndata writes consolidated metadata; refresh it so readers see the new keys.
-                zarr.consolidate_metadata(str(staged))
-    finally:
-        if reopen:
-            adata.file.open(path, mode)
-    logger.info("wrote obs, obsm %s and uns %s into %s", obsm_keys, uns_keys, path)
-
-
-def _write_elements(group, adata, obsm_keys, uns_keys, write_elem) -> None:
-    write_elem(group, "obs", adata.obs)
-    for name, source in (("obsm", obsm_keys), ("uns", uns_keys)):
-        if not source:
-            continue
-        if name not in group:
-            write_elem(group, name, {})
-        mapping = getattr(adata, name)
-        for key in source:
-            write_elem(group[name], key, mapping[key])

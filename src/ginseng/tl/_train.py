@@ -6,18 +6,23 @@ import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from anndata import AnnData
 
 from .. import _keys
+from .._docs import shared_docs
 from .._errors import InputError
 from .._logging import timed
 from ..train.settings import GinsengClassifierTrainerSettings
 from ._record import drop_none, model_summary
 
+if TYPE_CHECKING:
+    from ..model.state import GinsengModelState
 
+
+@shared_docs
 def train(
     adata: AnnData | str | os.PathLike,
     label_key: str,
@@ -30,7 +35,7 @@ def train(
     settings: GinsengClassifierTrainerSettings | None = None,
     seed: int | None = None,
     **setting_overrides: Any,
-):
+) -> GinsengModelState:
     """Train a cell-type classifier on the raw counts of an annotated AnnData.
 
     The counts are written to a compressed, shuffled :class:`~ginseng.data.GinsengDataset`
@@ -50,9 +55,7 @@ def train(
         single cell is named in a :class:`UserWarning` and kept in training; it is absent
         from the (label-stratified) holdout, so the holdout metrics and the calibration
         do not cover it.
-    layer
-        Layer holding raw counts; ``None`` uses ``adata.X``. After the usual scanpy
-        preprocessing the counts are typically in ``layer="counts"``.
+    %(layer)s
     genes
         Genes to train on: the name of a boolean ``var`` column, a list of gene names or
         a boolean mask. ``None`` uses ``"ginseng_genes"`` (from
@@ -110,7 +113,7 @@ def train(
     >>> state.settings.seed, (tmp / "ref.zarr").is_dir()
     (1, True)
     """
-    from ..data import GinsengDataset
+    from ..data.dataset import GinsengDataset
     from ..data.io import read_adata
     from ..train.trainer import GinsengClassifierTrainer
 
@@ -123,7 +126,7 @@ def train(
         setting_overrides["seed"] = seed
     settings = settings.replace(**setting_overrides)
     user_adata = adata if isinstance(adata, AnnData) else None
-    if user_adata is None:
+    if not isinstance(adata, AnnData):
         adata = read_adata(adata, backed="r" if str(adata).endswith(".h5ad") else None)
     if genes is None and _keys.VAR_GENES in adata.var.columns:
         genes = _keys.VAR_GENES

@@ -1,0 +1,110 @@
+"""Parameter docs shared by several functions, filled in with docrep (as squidpy does).
+
+A docstring decorated with ``@shared_docs`` is dedented and ``%(name)s`` is replaced by
+the entry ``name`` below, so ``gs.tl.classify``, ``ginseng.classify`` and
+``gs.tl.train`` describe a shared parameter with the same words. A literal ``%`` in such
+a docstring is written ``%%``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from docrep import DocstringProcessor
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_classify_adata = """\
+adata
+    Cells to annotate: an AnnData in memory (dense or sparse) or backed (``"r"`` or
+    ``"r+"``), or a path to an ``.h5ad`` file, an AnnData ``.zarr`` store (both read
+    out of core) or any file :func:`ginseng.data.io.read_adata` reads."""
+
+_model = """\
+A :class:`~ginseng.model.GinsengModelState` or the path of a saved model file."""
+
+_layer = """\
+layer
+    Layer with raw counts; ``None`` uses ``.X``. After standard scanpy preprocessing
+    the counts are usually in ``layer="counts"``."""
+
+_return_table = """\
+return_table
+    Return the results as a DataFrame and leave ``adata`` untouched."""
+
+_classify_options = """\
+key_added
+    Prefix of the keys written (``"ginseng"`` gives ``obs["ginseng_cell_type"]``...).
+gene_key
+    ``var`` column with gene names matching the model's. ``None`` uses ``var_names``,
+    or, when they match too few of the model's genes, the best-matching text column
+    of ``var`` (e.g. ``gene_ids`` for Ensembl ids, ``feature_name`` for symbols),
+    which is logged. Ensembl version suffixes are ignored.
+min_gene_overlap
+    Least fraction of the model's genes that must be found in the query, else a
+    :class:`~ginseng.GeneMismatchError` names the likely cause. Missing genes are
+    zero-filled.
+unassigned_threshold
+    Cells whose confidence is below this get the label ``"Unassigned"``.
+majority_vote_key
+    ``obs`` column of clusters (e.g. ``"leiden"``): also write the most frequent
+    prediction of each cluster to ``obs[f"{key_added}_majority_vote"]``.
+min_prop
+    Clusters whose most frequent label covers less than this fraction of their cells
+    are voted ``"Heterogeneous"``.
+store_probabilities
+    Write the probabilities of every label to ``obsm``. ``False`` saves
+    ``n_cells x n_labels`` floats of memory.
+check_counts
+    Refuse log-normalised or scaled input (negative values; non-integer values with
+    constant per-cell totals or only small values). Switch off only if you know the
+    matrix holds counts.
+batch_size
+    Cells read and classified per chunk; defaults to ``ginseng.settings.chunk_size``."""
+
+_classify_fields = """\
+``obs[f"{key_added}_cell_type"]``
+    Categorical prediction; categories are the model's labels that some cell
+    received (in model order), plus ``"Unassigned"`` when some cell falls below
+    ``unassigned_threshold``. Labels no cell received are not categories, so
+    scanpy's grouping functions (``sc.tl.rank_genes_groups``, ``sc.pl.dotplot``,
+    ``sc.tl.dendrogram``) accept the column as it is.
+``obs[f"{key_added}_confidence"]``
+    float32 calibrated probability of the predicted label.
+``obsm[f"{key_added}_probabilities"]``
+    float32 ``n_cells x n_labels`` calibrated probabilities; columns follow
+    ``uns[key_added]["classify"]["labels"]`` (unless ``store_probabilities=False``).
+``obs[f"{key_added}_majority_vote"]``
+    Categorical cluster-level label (with ``majority_vote_key``); categories as
+    above, with ``"Heterogeneous"`` last when some cluster got it.
+``uns[f"{key_added}_cell_type_colors"]`` (and ``..._majority_vote_colors``)
+    A colour per category, fixed by the label's position in the model, so
+    ``sc.pl.umap(adata, color="ginseng_cell_type")`` colours a cell type the same
+    in every dataset.
+``uns[key_added]["classify"]``
+    ``"params"`` (the arguments), ``"labels"`` (probability column order),
+    ``"model"`` (holdout accuracy, macro-F1, ECE, temperature, fingerprint) and
+    ``"gene_overlap"`` (genes found, fraction, the names' source and id types)."""
+
+_classify_raises = """\
+GeneMismatchError
+    Fewer than ``min_gene_overlap`` of the model's genes are in the query.
+InputError
+    The matrix does not hold raw counts (see ``check_counts``), a key is missing,
+    or the options contradict each other."""
+
+_processor = DocstringProcessor(
+    classify_adata=_classify_adata,
+    model=_model,
+    layer=_layer,
+    return_table=_return_table,
+    classify_options=_classify_options,
+    classify_fields=_classify_fields,
+    classify_raises=_classify_raises,
+)
+
+
+def shared_docs(func: F) -> F:
+    """Fill the ``%(name)s`` entries of ``func``'s docstring; the signature stays typed."""
+    return _processor.dedent(func)

@@ -1,0 +1,126 @@
+"""Write annotation results into an existing ``.h5ad`` file or AnnData ``.zarr`` store.
+
+``gs.tl.classify(path, ..., write=True)`` annotates a file without loading it: it
+replaces ``obs`` and the given ``obsm`` and ``uns`` entries in the file and leaves
+``X``, the layers and everything else as they were. This module is the only place that
+writes into a user's AnnData file.
+
+The update is crash-safe: the elements are written with anndata's
+:func:`anndata.io.write_elem` into a staged copy of the file that then replaces it in
+one atomic rename (:func:`ginseng.data._atomic.staged_update`), so a process killed at
+any moment leaves the file as it was or fully updated, and a second concurrent writer
+gets a clear error.
+
+anndata is used through its public API only: ``adata.file.is_open``,
+``adata.file.open``/``close`` and ``adata.file["/"]`` (an :class:`h5py.Group`, whose
+``.file.mode`` says whether the backed AnnData may write).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from anndata import AnnData
+
+from .._errors import InputError
+from .._logging import logger
+
+WRITABLE_FORMATS = ("h5ad", "zarr")
+
+
+def backed_mode(adata: AnnData) -> str | None:
+    """``"r"`` or ``"r+"`` for a backed AnnData whose file is open, else ``None``."""
+    if not adata.isbacked or not adata.file.is_open:
+        return None
+    return str(adata.file["/"].file.mode)
+
+
+def check_writable(path: str | os.PathLike, fmt: str) -> None:
+    """Refuse, before any work, a file that ``write_results`` could not write into."""
+    path = Path(path)
+    if fmt not in WRITABLE_FORMATS:
+        raise InputError(
+            f"write=True needs an .h5ad or AnnData .zarr file; {path} is not one. Use "
+            "return_table=True, or save the returned AnnData with write_h5ad."
+        )
+    if fmt == "h5ad":
+        import h5py
+
+        try:
+            with h5py.File(path, "r+"):
+                pass
+        except OSError as error:
+            raise InputError(
+                f"Cannot write into {path} ({error}). If an AnnData from an earlier "
+                "classify call (or read_h5ad(backed=...)) holds it open, close it first "
+                "with adata.file.close()."
+            ) from error
+
+
+def write_results(
+    adata: AnnData,
+    path: str | os.PathLike,
+    fmt: str,
+    *,
+    obsm_keys: Sequence[str],
+    uns_keys: Sequence[str],
+) -> None:
+    """Write ``adata.obs`` and the given ``obsm``/``uns`` entries into the file at ``path``.
+
+    Parameters
+    ----------
+    adata
+        Holds the elements to write (in memory, or backed by ``path``).
+    path
+        The ``.h5ad`` file or AnnData ``.zarr`` store the results go into.
+    fmt
+        ``"h5ad"`` or ``"zarr"``.
+    obsm_keys, uns_keys
+        Keys of ``adata.obsm`` and ``adata.uns`` to write; other entries of the file's
+        ``obsm`` and ``uns`` stay as they were.
+    """
+    from ._atomic import staged_update
+
+    path = Path(path)
+    if fmt not in WRITABLE_FORMATS:
+        raise InputError(
+            "write=True needs an .h5ad or AnnData .zarr file (a path or a backed AnnData)."
+        )
+    mode = backed_mode(adata) if fmt == "h5ad" else None
+    if mode is not None:
+        adata.file.close()  # the staged copy replaces the file the AnnData holds open
+    try:
+        with staged_update(path, "classify's results") as staged:
+            if fmt == "h5ad":
+                import h5py
+
+                with h5py.File(staged, "r+") as group:
+                    _write_elements(group, adata, obsm_keys, uns_keys)
+            else:
+                import zarr
+
+                group = zarr.open_group(staged, mode="r+", use_consolidated=False)
+                _write_elements(group, adata, obsm_keys, uns_keys)
+                # anndata writes consolidated metadata; refresh it so readers see the new keys.
+                zarr.consolidate_metadata(str(staged))
+    finally:
+        if mode is not None:
+            adata.file.open(path, mode)
+    logger.info("wrote obs, obsm %s and uns %s into %s", list(obsm_keys), list(uns_keys), path)
+
+
+def _write_elements(group: Any, adata: AnnData, obsm_keys, uns_keys) -> None:
+    from anndata.io import write_elem
+
+    write_elem(group, "obs", adata.obs)
+    for name, keys in (("obsm", obsm_keys), ("uns", uns_keys)):
+        if not keys:
+            continue
+        if name not in group:
+            write_elem(group, name, {})
+        mapping = getattr(adata, name)
+        for key in keys:
+            write_elem(group[name], key, mapping[key])

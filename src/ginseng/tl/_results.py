@@ -1,0 +1,160 @@
+"""The one writer of :func:`ginseng.tl.classify`'s AnnData keys, and the table of them.
+
+:class:`Annotation` holds the results of a run (labels, confidence, probabilities,
+votes). :func:`write_annotation` is the only code that puts them into an AnnData
+(``obs``, ``obsm``, colours in ``uns`` and the ``uns`` record); :func:`annotation_table`
+lays them out as the ``return_table=True`` DataFrame, and :func:`results_table`
+rebuilds that DataFrame from what ``write_annotation`` wrote. Key names come from
+:class:`ginseng._keys.ResultKeys`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+from .._errors import InputError
+from .._keys import PREFIX, ResultKeys
+from ._labels import model_label_colors
+
+
+@dataclass(frozen=True)
+class Annotation:
+    """The results of classifying an AnnData's cells, in its row order.
+
+    Attributes
+    ----------
+    predicted
+        Categorical labels (the model labels that occur, in model order, then
+        ``"Unassigned"`` when used).
+    confidence
+        float32 calibrated probability of the predicted label.
+    probabilities
+        float32 ``n_cells x n_labels`` probabilities (model order), or ``None``.
+    labels
+        The model's labels, in output order.
+    votes
+        Categorical cluster-level labels (majority voting), or ``None``.
+    """
+
+    predicted: pd.Categorical
+    confidence: np.ndarray
+    probabilities: np.ndarray | None
+    labels: list[str]
+    votes: pd.Categorical | None = None
+
+
+def annotation_table(annotation: Annotation, index: pd.Index, keys: ResultKeys) -> pd.DataFrame:
+    """The ``return_table=True`` DataFrame: label, confidence, probabilities, vote."""
+    table = pd.DataFrame(
+        {keys.cell_type: annotation.predicted, keys.confidence: np.asarray(annotation.confidence)},
+        index=pd.Index(index).copy(),
+    )
+    columns = pd.DataFrame(annotation.probabilities, index=table.index, columns=annotation.labels)
+    table = pd.concat([table, columns], axis=1)
+    if annotation.votes is not None:
+        table[keys.majority_vote] = annotation.votes
+    return table
+
+
+def write_annotation(
+    adata: AnnData,
+    annotation: Annotation,
+    keys: ResultKeys,
+    *,
+    record: dict[str, Any],
+    store_probabilities: bool = True,
+) -> tuple[list[str], list[str]]:
+    """Write ``annotation`` into ``adata`` under ``keys``; ``record`` goes to ``uns``.
+
+    Writes ``obs[keys.cell_type]``, ``obs[keys.confidence]``, their colours, the
+    probabilities in ``obsm`` (with ``store_probabilities``), the votes and their
+    colours, and ``uns[keys.uns]["classify"] = record``.
+
+    Returns
+    -------
+    The ``obsm`` and ``uns`` keys written, for writing them into a file.
+    """
+    entry = adata.uns.get(keys.uns, {})
+    if not isinstance(entry, Mapping):
+        raise InputError(
+            f"adata.uns[{keys.uns!r}] holds a {type(entry).__name__}, not ginseng's records; "
+            "pass another key_added= or remove that entry."
+        )
+    labels = annotation.labels
+    adata.obs[keys.cell_type] = annotation.predicted
+    adata.obs[keys.confidence] = annotation.confidence
+    uns_keys = [keys.uns, keys.colors(keys.cell_type)]
+    adata.uns[uns_keys[1]] = model_label_colors(list(annotation.predicted.categories), labels)
+    obsm_keys = []
+    if store_probabilities:
+        adata.obsm[keys.probabilities] = annotation.probabilities
+        obsm_keys.append(keys.probabilities)
+    if annotation.votes is not None:
+        adata.obs[keys.majority_vote] = annotation.votes
+        uns_keys.append(keys.colors(keys.majority_vote))
+        adata.uns[uns_keys[-1]] = model_label_colors(list(annotation.votes.categories), labels)
+    adata.uns[keys.uns] = {**entry, "classify": record}
+    return obsm_keys, uns_keys
+
+
+def results_table(adata: AnnData, *, key_added: str = PREFIX) -> pd.DataFrame:
+    """The results of :func:`ginseng.tl.classify` in ``adata`` as a DataFrame.
+
+    The same table as ``classify(..., return_table=True)`` gives, rebuilt from the keys
+    classify wrote, so the cells need not be classified again.
+
+    Parameters
+    ----------
+    adata
+        An AnnData annotated by :func:`ginseng.tl.classify` with
+        ``store_probabilities=True``.
+    key_added
+        The ``key_added`` given to classify.
+
+    Returns
+    -------
+    A DataFrame indexed by ``obs_names`` with columns ``f"{key_added}_cell_type"``,
+    ``f"{key_added}_confidence"``, one probability column per label (model order) and
+    ``f"{key_added}_majority_vote"`` when classify voted.
+
+    Raises
+    ------
+    InputError
+        ``adata`` holds no complete results under ``key_added``.
+
+    Examples
+    --------
+    >>> gs.tl.classify(query, state)
+    >>> table = gs.tl.results_table(query)
+    >>> table.equals(gs.tl.classify(query, state, return_table=True))
+    True
+    """
+    keys = ResultKeys.from_prefix(key_added)
+    obs = adata.obs
+    record = adata.uns.get(keys.uns)
+    complete = (
+        keys.cell_type in obs.columns
+        and keys.confidence in obs.columns
+        and keys.probabilities in adata.obsm
+        and isinstance(record, Mapping)
+        and "classify" in record
+    )
+    if not complete:
+        raise InputError(
+            f"adata holds no complete ginseng.tl.classify results under key_added={key_added!r} "
+            "(with store_probabilities=True)."
+        )
+    annotation = Annotation(
+        predicted=obs[keys.cell_type].array,
+        confidence=obs[keys.confidence].to_numpy(),
+        probabilities=np.asarray(adata.obsm[keys.probabilities]),
+        labels=list(record["classify"]["labels"]),
+        votes=obs[keys.majority_vote].array if keys.majority_vote in obs else None,
+    )
+    return annotation_table(annotation, adata.obs_names, keys)

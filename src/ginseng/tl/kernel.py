@@ -1,0 +1,190 @@
+"""The numbers of :func:`ginseng.tl.classify`: a pure per-chunk kernel and its serial loop.
+
+:func:`classify_chunk` takes one block of query rows (CSR or dense counts, the query's
+columns), the gene alignment and the model, and returns that block's predictions. It
+reads and writes no AnnData, file, setting or global state, so a loop over chunks (the
+serial driver :func:`classify_chunks` used by ``tl.classify``) and a ``map_blocks`` over
+a dask array run the same code; bad counts raise the same
+:class:`~ginseng.InputError` wherever it runs.
+
+The building blocks a custom loop needs are importable from here as well:
+
+>>> from ginseng.tl.kernel import align_genes, classify_chunk, iter_row_chunks
+>>> alignment = align_genes(state.genes, query.var)
+>>> rows, chunk = next(iter_row_chunks(query.layers["counts"], 100))
+>>> result = classify_chunk(chunk, alignment, state)
+>>> result.codes.shape, result.probabilities.shape
+((100,), (100, 10))
+>>> bool((result.confidence == result.probabilities.max(axis=1)).all())
+True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import scipy.sparse as sp
+
+from .._errors import InputError
+from .._logging import progress
+from ..data._align import GeneAlignment, align_genes
+from ..data._matrix import check_counts as _check_sign_and_finite
+from ..data._matrix import iter_row_chunks
+from ..data._preflight import check_raw_counts
+from ._labels import assign_labels, majority_vote, model_label_colors
+
+if TYPE_CHECKING:
+    from ..model.state import GinsengModelState
+
+__all__ = [
+    "ChunkResult",
+    "CountCheck",
+    "GeneAlignment",
+    "align_genes",
+    "assign_labels",
+    "check_chunk",
+    "classify_chunk",
+    "classify_chunks",
+    "iter_row_chunks",
+    "majority_vote",
+    "model_label_colors",
+]
+
+CountCheck = Literal["raw", "sign", "none"]
+"""How :func:`check_chunk` checks a chunk: ``"raw"`` refuses log-normalised or scaled
+values (:func:`ginseng.tl.classify`'s ``check_counts``), ``"sign"`` only negative and
+non-finite ones (cheap, for the chunks after the first), ``"none"`` nothing."""
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    """Predictions for a block of cells, in the block's row order.
+
+    Attributes
+    ----------
+    codes
+        int32 index of the predicted label (model order).
+    confidence
+        float32 calibrated probability of that label.
+    probabilities
+        float32 ``n_cells x n_labels`` calibrated probabilities, or ``None`` when not kept.
+    """
+
+    codes: np.ndarray
+    confidence: np.ndarray
+    probabilities: np.ndarray | None
+
+    @property
+    def n_cells(self) -> int:
+        """Number of cells (rows) of the block."""
+        return int(self.codes.shape[0])
+
+
+def check_chunk(
+    chunk: sp.csr_matrix, *, check: CountCheck, where: str, layers: Iterable[str] = ()
+) -> None:
+    """Raise :class:`~ginseng.InputError` if ``chunk`` fails ``check``, naming ``where``.
+
+    ``layers`` (the AnnData's layer names) let the ``"raw"`` message suggest one. The
+    ``"raw"`` check logs a warning for non-integer values it accepts as counts.
+    """
+    if check == "raw":
+        check_raw_counts(chunk, where=where, layers=layers)
+    elif check == "sign":
+        _check_sign_and_finite(chunk, where=where)
+    elif check != "none":
+        raise InputError(f"check must be 'raw', 'sign' or 'none', got {check!r}.")
+
+
+def classify_chunk(
+    chunk: Any,
+    alignment: GeneAlignment,
+    state: GinsengModelState,
+    *,
+    check: CountCheck = "raw",
+    where: str = "adata.X",
+    layers: Iterable[str] = (),
+    probabilities: bool = True,
+) -> ChunkResult:
+    """Classify one block of cells: check the counts, align the genes, predict.
+
+    Parameters
+    ----------
+    chunk
+        Raw counts of some cells (rows) over the query's genes (columns): scipy sparse
+        or dense.
+    alignment
+        Where the model's genes are among the query's columns (:func:`align_genes`).
+    state
+        The model.
+    check
+        Count check (see :func:`check_chunk`).
+    where, layers
+        The matrix's name and the AnnData's layers, for error messages.
+    probabilities
+        Keep the probabilities of every label.
+
+    Returns
+    -------
+    The block's :class:`ChunkResult`.
+    """
+    chunk = chunk.tocsr() if sp.issparse(chunk) else sp.csr_matrix(np.asarray(chunk))
+    if chunk.ndim != 2 or chunk.shape[1] != alignment.n_query_genes:
+        raise InputError(
+            f"{where}: a block of shape {chunk.shape} does not match the "
+            f"{alignment.n_query_genes} genes the alignment was made for (adata.var)."
+        )
+    check_chunk(chunk, check=check, where=where, layers=layers)
+    proba = state.predict_proba(alignment.take(chunk))
+    codes = proba.argmax(axis=1).astype(np.int32)
+    confidence = proba[np.arange(len(proba)), codes].astype(np.float32)
+    return ChunkResult(codes, confidence, proba if probabilities else None)
+
+
+def classify_chunks(
+    matrix: Any,
+    alignment: GeneAlignment,
+    state: GinsengModelState,
+    *,
+    batch_size: int,
+    check_counts: bool = True,
+    where: str = "adata.X",
+    layers: Iterable[str] = (),
+    probabilities: bool = True,
+) -> ChunkResult:
+    """Run :func:`classify_chunk` over ``matrix``, ``batch_size`` rows at a time.
+
+    The serial driver of :func:`ginseng.tl.classify`: reads the matrix (in memory,
+    backed or an anndata sparse dataset) a block at a time with a progress bar and
+    gathers the results, so memory holds one block plus the results. With
+    ``check_counts``, the first block with values gets the ``"raw"`` check and the
+    others the cheap ``"sign"`` check.
+    """
+    n = int(matrix.shape[0])
+    codes = np.empty(n, np.int32)
+    confidence = np.empty(n, np.float32)
+    proba = np.empty((n, state.n_labels), np.float32) if probabilities else None
+    layers = list(layers)
+    raw_checked = not check_counts
+    bar = progress(total=n, desc="classifying", unit="cells")
+    for rows, chunk in iter_row_chunks(matrix, batch_size):
+        check: CountCheck = "none" if not check_counts else "sign" if raw_checked else "raw"
+        part = classify_chunk(
+            chunk,
+            alignment,
+            state,
+            check=check,
+            where=where,
+            layers=layers,
+            probabilities=probabilities,
+        )
+        raw_checked = raw_checked or chunk.nnz > 0
+        codes[rows], confidence[rows] = part.codes, part.confidence
+        if proba is not None:
+            proba[rows] = part.probabilities
+        bar.update(part.n_cells)
+    bar.close()
+    return ChunkResult(codes, confidence, proba)
