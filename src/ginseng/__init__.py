@@ -32,6 +32,7 @@ __all__ = [
     "StoreError",
     "__version__",
     "classify",
+    "logging",
     "pl",
     "pp",
     "settings",
@@ -45,7 +46,17 @@ __getattr__, __dir__ = lazy_attributes(
     {
         **{
             name: f".{name}"
-            for name in ("pp", "tl", "pl", "data", "datasets", "train", "model", "utils")
+            for name in (
+                "pp",
+                "tl",
+                "pl",
+                "data",
+                "datasets",
+                "logging",
+                "train",
+                "model",
+                "utils",
+            )
         },
         "classify": "._seed_api:classify",
     },
