@@ -238,12 +238,12 @@ class GinsengDataset:
 
     @property
     def attrs(self) -> dict:
-        """Store metadata: source, layer, label and group keys, versions."""
+        """The store's metadata (source, layer, label and group keys, versions)."""
         return dict(self._attrs)
 
     @property
     def splits(self) -> dict[str, np.ndarray]:
-        """Stored splits: name -> sorted int64 store rows (empty before :meth:`make_split`)."""
+        """The stored splits, name -> sorted int64 store rows (empty before :meth:`make_split`)."""
         if "splits" not in self._group:
             return {}
         group = self._group["splits"]
