@@ -457,7 +457,7 @@ class GinsengDataset:
         ]
         if self.has_groups:
             lines.append(
-                f"    groups: {self.group_names.size} from obs[{self._attrs['group_key']!r}]"
+                f"    groups: {self.group_names.size} from obs[{self._attrs['group_key']!r}]"  # type: ignore[union-attr]
             )
         splits = self.splits
         if splits:

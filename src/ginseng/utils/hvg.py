@@ -211,7 +211,7 @@ def _squares(data: np.ndarray) -> np.ndarray:
 def _cell_scale(chunk: sp.csr_matrix) -> np.ndarray:
     """Per-cell divisor of ``normalize_total(target_sum=1e4)``, in scanpy's precision."""
     dtype = np.float64 if chunk.dtype == np.float64 else np.float32
-    totals = np.asarray(chunk.sum(axis=1, dtype=np.float64)).ravel().astype(dtype)
+    totals: np.ndarray = np.asarray(chunk.sum(axis=1, dtype=np.float64)).ravel().astype(dtype)
     scale = totals / _TARGET_SUM
     return scale + (scale == 0)
 
