@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import platform
 import re
+import sys
+import types
 import warnings
 from importlib.metadata import version
 
@@ -54,3 +56,13 @@ def test_versions_match_the_packages():
     assert found["scipy"] == scipy.__version__
     assert list(found)[:4] == ["python", "platform", "ginseng", "jax"]
     assert all(isinstance(v, str) and v for v in found.values())
+
+
+def test_print_versions_with_a_module_whose_parent_is_not_loaded(monkeypatch):
+    """sys.modules may hold ``a.b`` without ``a`` (coverage's and pytest's own entries do)."""
+    orphan = types.ModuleType("ginseng_test_orphan.child")
+    monkeypatch.setitem(sys.modules, "ginseng_test_orphan.child", orphan)
+    assert "ginseng_test_orphan" not in sys.modules
+    buffer = io.StringIO()
+    gs.logging.print_versions(file=buffer)
+    assert _listed(buffer.getvalue())["ginseng"] == gs.__version__

@@ -95,11 +95,16 @@ def print_versions(*, file: TextIO | None = None) -> None:
     for name, module in _NUMERICS.items():
         with contextlib.suppress(ImportError):
             import_module(module or name)
-    # session-info lists the modules named in its caller's globals first ("imported":
-    # here ginseng, through this module's own functions), then everything else loaded.
+    # session-info looks up the top-level name of every loaded module in sys.modules,
+    # which fails for entries without a loaded parent (coverage and pytest make such).
+    orphans = sorted({name.partition(".")[0] for name in list(sys.modules)} - set(sys.modules))
+    # It lists the modules named in its caller's globals first ("imported": here ginseng,
+    # through this module's own functions), then everything else loaded.
     report = io.StringIO()
     with contextlib.redirect_stdout(report), warnings.catch_warnings():
         # It reads `module.__version__`, which anndata and scanpy deprecate (same value).
         warnings.filterwarnings("ignore", "`__version__` is deprecated", FutureWarning)
-        session_info.show(dependencies=True, html=False)
+        session_info.show(
+            dependencies=True, html=False, excludes=["builtins", "stdlib_list", *orphans]
+        )
     print(report.getvalue(), end="", file=sys.stdout if file is None else file)
