@@ -34,6 +34,7 @@ __all__ = [
     "WriteError",
     "__version__",
     "classify",
+    "logging",
     "pl",
     "pp",
     "settings",
@@ -47,7 +48,17 @@ __getattr__, __dir__ = lazy_attributes(
     {
         **{
             name: f".{name}"
-            for name in ("pp", "tl", "pl", "data", "datasets", "train", "model", "utils")
+            for name in (
+                "pp",
+                "tl",
+                "pl",
+                "data",
+                "datasets",
+                "logging",
+                "train",
+                "model",
+                "utils",
+            )
         },
         "classify": "._seed_api:classify",
     },

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from importlib import import_module
+from typing import Any
 
 
 def lazy_attributes(
     package: str, namespace: dict, targets: dict[str, str]
-) -> tuple[Callable[[str], object], Callable[[], list[str]]]:
+) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
     """Return a module's ``__getattr__`` and ``__dir__`` for ``targets``.
 
     ``targets`` maps a name to ``".submodule"`` (the submodule itself) or
@@ -16,7 +17,7 @@ def lazy_attributes(
     ``globals()``.
     """
 
-    def __getattr__(name: str) -> object:
+    def __getattr__(name: str) -> Any:
         if name not in targets:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
         module, _, attribute = targets[name].partition(":")

@@ -59,7 +59,7 @@ class GinsengSettings:
 
     @property
     def verbosity(self) -> int:
-        """Logger level: 0 errors, 1 warnings, 2 info, 3 debug."""
+        """The logger level (0 errors, 1 warnings, 2 info, 3 debug)."""
         return self._verbosity
 
     @verbosity.setter

@@ -178,11 +178,21 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("annotate: give --out annotated.h5ad and/or --table predictions.csv")
     try:
         return args.func(args)
-    except (GinsengError, OSError) as err:
+    except Exception as err:  # every error ends as one line (or a traceback with --debug)
         if args.debug:
             raise
-        print(f"ginseng: error: {err}", file=sys.stderr)
+        print(f"ginseng: error: {_one_line(err)}", file=sys.stderr)
         return 1
+
+
+def _one_line(err: Exception) -> str:
+    """The message of ``err`` on one line; other errors than bad input name their type."""
+    message = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    if isinstance(err, GinsengError | OSError):
+        return message
+    # Not an error ginseng reports on purpose (a bug, or input it does not check yet):
+    # name the exception so that the line is enough for a bug report.
+    return f"unexpected {type(err).__name__}: {message} (rerun with --debug for the traceback)"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -23,7 +24,7 @@ def _direct_layout(array) -> tuple[Path, int] | None:
     from zarr.storage import LocalStore
 
     meta = array.metadata
-    codecs = getattr(meta, "codecs", ())
+    codecs: tuple[Any, ...] = getattr(meta, "codecs", ())
     if not (
         isinstance(array.store, LocalStore)
         and len(array.shape) == 1
@@ -117,9 +118,9 @@ class FlatArrayWriter:
 
     def _write(self, chunk: np.ndarray) -> None:
         key = self._array.metadata.chunk_key_encoding.encode_chunk_key((self._chunk,))
-        path = self._layout[0] / key
+        path = self._layout[0] / key  # type: ignore[index]  # only called with a layout
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(self._codec.encode(np.ascontiguousarray(chunk)))
+        path.write_bytes(self._codec.encode(np.ascontiguousarray(chunk)))  # type: ignore[union-attr]
         self._chunk += 1
         self._n_written += chunk.size
 

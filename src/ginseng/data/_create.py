@@ -41,7 +41,7 @@ def _compressors(dtype: np.dtype) -> list:
 
     # Blosc's lz4 decompresses ~1.5x faster than zstd here for a ~10% larger store;
     # bit-shuffling small integer counts makes them compress like a run of zeros.
-    shuffle = "bitshuffle" if dtype.itemsize <= 2 else "shuffle"
+    shuffle: Literal["bitshuffle", "shuffle"] = "bitshuffle" if dtype.itemsize <= 2 else "shuffle"
     return [BloscCodec(cname="lz4", clevel=5, shuffle=shuffle)]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -17,7 +18,7 @@ _CHECK_SLICE = 1 << 20
 _REQUIRED = ("X/data", "X/indices", "X/indptr", "cell_index", "labels", "genes")
 
 
-def open_store(path: Path) -> tuple[object, dict]:
+def open_store(path: Path) -> tuple[Any, dict[str, Any]]:
     """Open the zarr group at ``path`` read-only and return it with its attributes.
 
     Cheap checks only (metadata and shapes, no counts read), so opening stays instant
@@ -29,8 +30,9 @@ def open_store(path: Path) -> tuple[object, dict]:
     if not path.exists():
         raise StoreError(f"No GinsengDataset store at {where}: the path does not exist.")
     try:
-        group = zarr.open_group(path, mode="r", zarr_format=3)
-        attrs = dict(group.attrs)
+        # Any: zarr types a group's members as Array | Group, each use site knows which.
+        group: Any = zarr.open_group(path, mode="r", zarr_format=3)
+        attrs: dict[str, Any] = dict(group.attrs)
     except Exception as err:  # zarr raises several types for foreign directories
         raise StoreError(
             f"{where} is not a GinsengDataset store (no readable zarr v3 group: {err})."

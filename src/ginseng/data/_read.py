@@ -66,8 +66,8 @@ def read_adata(
           applies to files and is ignored, so callers can pass ``backed="r"``
           whatever they were given;
         - a path (``str`` or :class:`~pathlib.Path`, ``~`` expanded) to an ``.h5ad``
-          file (read with :func:`anndata.read_h5ad`), an AnnData ``.zarr`` store
-          (:func:`anndata.read_zarr`), a 10x Genomics ``.h5`` file
+          file (read with :func:`anndata.io.read_h5ad`), an AnnData ``.zarr`` store
+          (:func:`anndata.io.read_zarr`), a 10x Genomics ``.h5`` file
           (:func:`scanpy.read_10x_h5`) or a 10x matrix directory
           (:func:`scanpy.read_10x_mtx`; Cell Ranger v3+ ``matrix.mtx.gz``,
           ``features.tsv.gz``, ``barcodes.tsv.gz`` or v2 ``matrix.mtx``,

@@ -128,7 +128,7 @@ def iterate(
     pool = _reader()
     pending = pool.submit(load, buffers[0]) if buffers else None
     for i in range(len(buffers)):
-        X, y = pending.result()
+        X, y = pending.result()  # type: ignore[union-attr]  # set while buffers remain
         pending = pool.submit(load, buffers[i + 1]) if i + 1 < len(buffers) else None
         if carry_X is not None:
             X, y = sp.vstack([carry_X, X], format="csr"), np.concatenate([carry_y, y])
@@ -138,4 +138,4 @@ def iterate(
             yield X[lo:hi].toarray().astype(np.float32, copy=False), y[lo:hi].astype(np.int32)
         carry_X, carry_y = X[n_full:], y[n_full:]
     if carry_y is not None and carry_y.size and not plan.drop_last:
-        yield carry_X.toarray().astype(np.float32, copy=False), carry_y.astype(np.int32)
+        yield carry_X.toarray().astype(np.float32, copy=False), carry_y.astype(np.int32)  # type: ignore[union-attr]

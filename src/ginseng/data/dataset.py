@@ -242,12 +242,12 @@ class GinsengDataset:
 
     @property
     def attrs(self) -> dict:
-        """Store metadata: source, layer, label and group keys, versions."""
+        """The store's metadata (source, layer, label and group keys, versions)."""
         return dict(self._attrs)
 
     @property
     def splits(self) -> dict[str, np.ndarray]:
-        """Stored splits: name -> sorted int64 store rows (empty before :meth:`make_split`)."""
+        """The stored splits, name -> sorted int64 store rows (empty before :meth:`make_split`)."""
         if "splits" not in self._group:
             return {}
         group = self._group["splits"]
@@ -463,7 +463,7 @@ class GinsengDataset:
         ]
         if self.has_groups:
             lines.append(
-                f"    groups: {self.group_names.size} from obs[{self._attrs['group_key']!r}]"
+                f"    groups: {self.group_names.size} from obs[{self._attrs['group_key']!r}]"  # type: ignore[union-attr]
             )
         splits = self.splits
         if splits:
