@@ -6,7 +6,7 @@ ambient background (Poisson noise) and genes absent from the query panel (maskin
 They are applied in that order, so masked genes are exactly zero.
 
 The samplers run on every value of the batch, zeros included, so they are written to
-be cheap: uniforms come from a counter-based hash (:func:`ginseng.model.network.random_bits`,
+be cheap: uniforms come from a counter-based hash (:func:`ginseng._random.random_bits`,
 ~15x cheaper than jax's threefry on CPU) and are turned into counts by inverse transform
 sampling, which needs one uniform per value and no rejection loop.
 """
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
-from ..model.network import random_bits, random_uniform
+from .._random import random_bits, random_uniform
 
 # Counts up to this value are thinned exactly; of a larger count, this many are thinned
 # exactly and the rest by a normal approximation, whose error there is far below the
