@@ -9,11 +9,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass, fields
 from typing import Any
 
 from ._errors import InputError
+from ._validate import (
+    flag,
+    fraction,
+    nonnegative_int,
+    nonnegative_number,
+    one_of,
+    positive_int,
+    positive_number,
+)
 
 GROUP_MODES = ("fraction", "groups")
 
@@ -101,7 +109,7 @@ class GinsengClassifierTrainerSettings:
     >>> GinsengClassifierTrainerSettings(dropout_rate=1.5)
     Traceback (most recent call last):
     ...
-    ginseng._errors.InputError: GinsengClassifierTrainerSettings.dropout_rate=1.5 is invalid: expected a number in [0, 1).
+    ginseng._errors.InputError: GinsengClassifierTrainerSettings.dropout_rate must be a number in [0, 1), got 1.5.
     """
 
     # Augmentation.
@@ -188,69 +196,39 @@ class GinsengClassifierTrainerSettings:
         return dataclasses.replace(self, **changes)
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_real(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _fail(name: str, value: Any, expected: str) -> None:
-    raise InputError(f"GinsengClassifierTrainerSettings.{name}={value!r} is invalid: {expected}.")
-
-
-def _in_unit(name: str, value: Any, *, optional: bool = False) -> None:
-    if optional and value is None:
-        return
-    if not _is_real(value) or not 0 <= value < 1:
-        _fail(name, value, "expected a number in [0, 1)")
-
-
-def _positive(name: str, value: Any, *, integer: bool = False) -> None:
-    ok = _is_int(value) if integer else _is_real(value)
-    if not ok or value <= 0:
-        _fail(name, value, f"expected a positive {'integer' if integer else 'number'}")
-
-
-def _flag(name: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        _fail(name, value, "expected True or False")
-
-
 def _validate(s: GinsengClassifierTrainerSettings) -> None:
-    _in_unit("rate", s.rate, optional=True)
-    if s.lam_max is not None and (not _is_real(s.lam_max) or s.lam_max < 0):
-        _fail("lam_max", s.lam_max, "expected None or a number >= 0")
-    for name in ("lower", "upper"):
-        value = getattr(s, name)
-        if value is not None and (not _is_int(value) or value < 0):
-            _fail(name, value, "expected None or an integer >= 0")
+    def name(field: str) -> str:
+        return f"GinsengClassifierTrainerSettings.{field}"
+
+    # Augmentation: None switches a transform off.
+    if s.rate is not None:
+        fraction(name("rate"), s.rate, "[0, 1)")
+    if s.lam_max is not None:
+        nonnegative_number(name("lam_max"), s.lam_max)
+    for field in ("lower", "upper"):
+        if getattr(s, field) is not None:
+            nonnegative_int(name(field), getattr(s, field))
     if s.lower is not None and s.upper is not None and s.lower > s.upper:
-        _fail("lower", s.lower, f"lower must not exceed upper={s.upper}")
-    _positive("hidden_dim", s.hidden_dim, integer=True)
-    _positive("n_layers", s.n_layers, integer=True)
-    _in_unit("dropout_rate", s.dropout_rate)
-    _positive("batch_size", s.batch_size, integer=True)
-    if not _is_int(s.min_steps) or s.min_steps < 0:
-        _fail("min_steps", s.min_steps, "expected an integer >= 0")
-    _positive("lr", s.lr)
+        raise InputError(f"{name('lower')}={s.lower} must not exceed upper={s.upper}.")
+    # Model.
+    positive_int(name("hidden_dim"), s.hidden_dim)
+    positive_int(name("n_layers"), s.n_layers)
+    fraction(name("dropout_rate"), s.dropout_rate, "[0, 1)")
+    positive_int(name("batch_size"), s.batch_size)
+    # Training.
+    nonnegative_int(name("min_steps"), s.min_steps)
+    positive_number(name("lr"), s.lr)
     if not isinstance(s.betas, tuple) or len(s.betas) != 2:
-        _fail("betas", s.betas, "expected a pair (b1, b2)")
+        raise InputError(f"{name('betas')} must be a pair (b1, b2), got {s.betas!r}.")
     for beta in s.betas:
-        if not _is_real(beta) or not 0 <= beta < 1:
-            _fail("betas", s.betas, "each beta must be a number in [0, 1)")
-    _positive("eps", s.eps)
-    if not _is_real(s.weight_decay) or s.weight_decay < 0:
-        _fail("weight_decay", s.weight_decay, "expected a number >= 0")
-    _flag("normalize", s.normalize)
-    _positive("target_sum", s.target_sum)
-    _flag("standardize", s.standardize)
-    if not _is_real(s.holdout_fraction) or not 0 < s.holdout_fraction < 1:
-        _fail("holdout_fraction", s.holdout_fraction, "expected a number in (0, 1)")
-    _flag("balance_train", s.balance_train)
-    _flag("group_level", s.group_level)
-    if s.group_mode not in GROUP_MODES:
-        _fail("group_mode", s.group_mode, f"expected one of {list(GROUP_MODES)}")
-    if not _is_int(s.seed) or s.seed < 0:
-        _fail("seed", s.seed, "expected an integer >= 0")
+        fraction(name("betas"), beta, "[0, 1)")
+    positive_number(name("eps"), s.eps)
+    nonnegative_number(name("weight_decay"), s.weight_decay)
+    flag(name("normalize"), s.normalize)
+    positive_number(name("target_sum"), s.target_sum)
+    flag(name("standardize"), s.standardize)
+    fraction(name("holdout_fraction"), s.holdout_fraction, "(0, 1)")
+    flag(name("balance_train"), s.balance_train)
+    flag(name("group_level"), s.group_level)
+    one_of(name("group_mode"), s.group_mode, GROUP_MODES)
+    nonnegative_int(name("seed"), s.seed)

@@ -27,6 +27,7 @@ from anndata import AnnData
 from .._errors import InputError
 from .._logging import logger
 from .._settings import settings
+from .._validate import positive_int
 from . import _split
 from ._chunks import FlatArray
 from ._open import open_store
@@ -164,9 +165,8 @@ class GinsengDataset:
 
             source = str(adata)
             adata = read_adata(adata, backed="r" if str(adata).endswith(".h5ad") else None)
-        chunk_size = settings.chunk_size if chunk_size is None else int(chunk_size)
-        if chunk_size < 1:
-            raise InputError(f"chunk_size must be a positive integer, got {chunk_size}.")
+        chunk_size = settings.chunk_size if chunk_size is None else chunk_size
+        chunk_size = positive_int("chunk_size", chunk_size)
         path = Path(path).expanduser()
         create_store(
             path,
@@ -418,18 +418,15 @@ class GinsengDataset:
         >>> X.shape, y.shape
         ((64, 765), (64,))
         """
-        if batch_size < 1:
-            raise InputError(f"batch_size must be a positive integer, got {batch_size}.")
-        if block_size < 1 or buffer_size < 1:
-            raise InputError("block_size and buffer_size must be positive integers.")
+        batch_size = positive_int("batch_size", batch_size)
         plan = StreamPlan(
             rows=self._rows(split),
-            batch_size=int(batch_size),
+            batch_size=batch_size,
             shuffle=bool(shuffle),
             balance_labels=bool(balance_labels),
             drop_last=bool(shuffle) if drop_last is None else bool(drop_last),
-            block_rows=int(block_size),
-            buffer_rows=max(int(buffer_size), int(batch_size)),
+            block_rows=positive_int("block_size", block_size),
+            buffer_rows=max(positive_int("buffer_size", buffer_size), batch_size),
         )
         return iterate(self._reader(), self.labels, plan, np.random.default_rng(seed), self.n_cells)
 

@@ -14,6 +14,7 @@ from .. import _keys
 from .._errors import InputError
 from .._logging import progress, timed
 from .._settings import settings
+from .._validate import fraction, nonempty_str, positive_int
 from ..data._align import align_genes
 from ..data._matrix import check_counts as _check_negative
 from ..data._matrix import iter_row_chunks
@@ -185,9 +186,9 @@ def classify(
 
     state = as_model_state(model)
     _check_options(adata, return_table, copy, write, unassigned_threshold, key_added)
-    batch_size = settings.chunk_size if batch_size is None else batch_size
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    batch_size = positive_int(
+        "batch_size", settings.chunk_size if batch_size is None else batch_size
+    )
     query = open_query(adata, layer, counts_fallback=_counts_fallback, write=write)
     target = query.adata
     if majority_vote_key is not None and majority_vote_key not in target.obs.columns:
@@ -346,9 +347,6 @@ def _check_options(adata, return_table, copy, write, threshold, key_added) -> No
             f"write=True needs the backed AnnData opened with backed='r+' "
             f"({adata.filename} is open read-only)."
         )
-    if threshold is not None and not (
-        isinstance(threshold, int | float) and 0.0 <= float(threshold) <= 1.0
-    ):
-        raise InputError(f"unassigned_threshold must be in [0, 1], got {threshold!r}.")
-    if not isinstance(key_added, str) or not key_added:
-        raise InputError(f"key_added must be a non-empty string, got {key_added!r}.")
+    if threshold is not None:
+        fraction("unassigned_threshold", threshold)
+    nonempty_str("key_added", key_added)

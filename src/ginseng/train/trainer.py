@@ -18,6 +18,7 @@ from flax import nnx
 from .._errors import InputError
 from .._logging import logger
 from .._logging import progress as progress_bar
+from .._validate import positive_int
 from ..model.network import GinsengClassifier, flat_params, gene_statistics, network_config
 from ..model.state import GinsengModelState, data_fingerprint, package_versions
 from .augment import Augmentation
@@ -187,8 +188,7 @@ class GinsengClassifierTrainer:
         state
             The :class:`~ginseng.model.GinsengModelState` to save, inspect or classify with.
         """
-        if isinstance(epochs, bool) or not isinstance(epochs, int | np.integer) or epochs < 1:
-            raise InputError(f"epochs must be a positive integer, got {epochs!r}.")
+        epochs = positive_int("epochs", epochs)
         s, ds = self.settings, self.dataset
         started = time.perf_counter()
         train_rows, test_rows, realised = self._split()
