@@ -59,8 +59,12 @@ def iter_row_chunks(matrix: Any, chunk_size: int) -> Iterator[tuple[slice, sp.cs
         yield slice(start, stop), _as_csr(matrix[start:stop])
 
 
-def check_counts(chunk: sp.csr_matrix, *, where: str) -> None:
-    """Refuse negative or non-finite values in a chunk, naming ``where`` they came from."""
+def check_finite_nonnegative(chunk: sp.csr_matrix, *, where: str) -> None:
+    """Refuse negative or non-finite values in a chunk, naming ``where`` they came from.
+
+    Only the sign and finiteness: :func:`ginseng.data._preflight.check_raw_counts` also
+    refuses log-normalised or scaled data.
+    """
     data = chunk.data
     if data.size == 0:
         return
@@ -75,6 +79,10 @@ def check_counts(chunk: sp.csr_matrix, *, where: str) -> None:
             f"{where} contains {n_neg} negative value(s); expected raw counts "
             "(scaled data cannot be used: pass layer= naming the counts layer)."
         )
+
+
+# The former name, kept while utils/hvg.py, tl/ and benchmarks/ move to the new one.
+check_counts = check_finite_nonnegative
 
 
 def matrix_name(layer: str | None) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import platform
+import warnings
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -163,12 +164,14 @@ class GinsengModelState:
 
     @property
     def gene_names(self) -> np.ndarray:
-        """Alias of :attr:`genes`, named as on :class:`~ginseng.data.GinsengDataset`."""
+        """Deprecated alias of :attr:`genes` (removed in a future release)."""
+        _deprecated_alias("gene_names", "genes")
         return self.genes
 
     @property
     def label_names(self) -> np.ndarray:
-        """Alias of :attr:`labels`, named as on :class:`~ginseng.data.GinsengDataset`."""
+        """Deprecated alias of :attr:`labels` (removed in a future release)."""
+        _deprecated_alias("label_names", "labels")
         return self.labels
 
     @property
@@ -268,6 +271,14 @@ class GinsengModelState:
 
     def __repr__(self) -> str:
         return model_card(self)
+
+
+def _deprecated_alias(old: str, new: str) -> None:
+    warnings.warn(
+        f"GinsengModelState.{old} is deprecated and will be removed; use .{new}.",
+        FutureWarning,
+        stacklevel=3,
+    )
 
 
 def _fmt(value: Any, spec: str = ".3f") -> str:

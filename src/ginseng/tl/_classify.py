@@ -16,8 +16,7 @@ from .._logging import progress, timed
 from .._settings import settings
 from .._validate import fraction, nonempty_str, positive_int
 from ..data._align import align_genes
-from ..data._matrix import check_counts as _check_negative
-from ..data._matrix import iter_row_chunks
+from ..data._matrix import check_finite_nonnegative, iter_row_chunks
 from ..data._preflight import check_raw_counts
 from ._labels import assign_labels, label_colors, majority_vote
 from ._query import open_query, write_back
@@ -215,7 +214,7 @@ def classify(
                 check_raw_counts(chunk, where=query.where, layers=query.layers)
                 sampled = chunk.nnz > 0
             elif check_counts:
-                _check_negative(chunk, where=query.where)
+                check_finite_nonnegative(chunk, where=query.where)
             p = state.predict_proba(alignment.take(chunk))
             codes[rows] = p.argmax(axis=1)
             confidence[rows] = p[np.arange(len(p)), codes[rows]]
