@@ -4,6 +4,7 @@
   and ``eval_step`` (logits of one batch), over the split model state;
 - :func:`train_epoch`: one pass of ``train_step`` over a stream of batches;
 - :func:`evaluate`: the holdout logits and labels;
+- :func:`keep_best`: the epoch with the lowest holdout loss so far;
 - :func:`calibrate`: the temperature and the holdout metrics of the kept epoch.
 
 The model is split once (``nnx.split(model, nnx.Param, ...)``) into its graph, its
@@ -20,6 +21,7 @@ from functools import partial
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
@@ -33,6 +35,16 @@ MAX_IN_FLIGHT = 2
 EVAL_BATCH = 1024
 
 Batches = Iterable[tuple[np.ndarray, np.ndarray]]
+# The per-epoch record (GinsengModelState.history), one list per column.
+HISTORY_COLUMNS = (
+    "epoch",
+    "train_loss",
+    "holdout_loss",
+    "holdout_accuracy",
+    "holdout_macro_f1",
+    "lr",
+    "seconds",
+)
 
 
 class TrainState(NamedTuple):
@@ -154,3 +166,35 @@ def evaluate(
 def calibrate(holdout: Holdout, label_names: np.ndarray) -> dict[str, Any]:
     """Fit the temperature on the holdout logits; the metrics before and after it."""
     return calibration_report(holdout.logits, holdout.labels, label_names)
+
+
+class Best(NamedTuple):
+    """The epoch with the lowest holdout loss so far, with a copy of its parameters."""
+
+    loss: float
+    epoch: int
+    params: Any
+    holdout: Holdout | None
+
+
+def keep_best(best: Best, epoch: int, params: Any, holdout: Holdout) -> Best:
+    """``best``, or this epoch if its holdout loss is lower (or there is no holdout)."""
+    if len(holdout.labels) == 0:
+        return Best(np.inf, epoch, jax.tree.map(jnp.copy, params), holdout)
+    if holdout.loss < best.loss:
+        # A copy: the training step reuses (donates) the buffers of params.
+        return Best(holdout.loss, epoch, jax.tree.map(jnp.copy, params), holdout)
+    return best
+
+
+def history_row(epoch: int, train_loss: float, holdout: Holdout, lr: float) -> dict[str, Any]:
+    """One epoch's entries of the history (all columns but ``seconds``)."""
+    m = holdout.metrics
+    return {
+        "epoch": epoch,
+        "train_loss": train_loss,
+        "holdout_loss": holdout.loss,
+        "holdout_accuracy": m.get("accuracy", float("nan")),
+        "holdout_macro_f1": m.get("macro_f1", float("nan")),
+        "lr": lr,
+    }

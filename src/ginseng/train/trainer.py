@@ -22,7 +22,19 @@ from .._trainer_settings import GinsengClassifierTrainerSettings
 from .._validate import positive_int
 from ..model.network import GinsengClassifier, flat_params, gene_statistics, network_config
 from ..model.state import GinsengModelState, data_fingerprint, package_versions
-from ._loop import EVAL_BATCH, Holdout, TrainState, calibrate, compile_steps, evaluate, train_epoch
+from ._loop import (
+    EVAL_BATCH,
+    HISTORY_COLUMNS,
+    Best,
+    Steps,
+    TrainState,
+    calibrate,
+    compile_steps,
+    evaluate,
+    history_row,
+    keep_best,
+    train_epoch,
+)
 from .augment import Augmentation
 
 # Cells read to fit the per-gene standardisation: the store is shuffled, so the first
@@ -35,15 +47,6 @@ WARMUP_MAX = 500
 # are already shuffled, so small buffers mix as well; the default 16k-row buffer (with
 # its prefetched successor and copies) held ~300 MB at 3k genes, these ~90 MB.
 STREAM_BUFFERS = {"block_size": 2048, "buffer_size": 4096}
-HISTORY_COLUMNS = (
-    "epoch",
-    "train_loss",
-    "holdout_loss",
-    "holdout_accuracy",
-    "holdout_macro_f1",
-    "lr",
-    "seconds",
-)
 
 
 class FitResult(NamedTuple):
@@ -66,15 +69,6 @@ class _Plan:
     @property
     def steps_per_epoch(self) -> int:
         return self.passes * (self.train_rows.size // self.batch_size)
-
-
-class _Best(NamedTuple):
-    """The epoch with the lowest holdout loss so far, with a copy of its parameters."""
-
-    loss: float
-    epoch: int
-    params: Any
-    holdout: Holdout | None
 
 
 class GinsengClassifierTrainer:
@@ -164,46 +158,62 @@ class GinsengClassifierTrainer:
             holdout loss was NaN in every epoch (training diverged: lower ``lr``).
         """
         epochs = positive_int("epochs", epochs)
-        s = self.settings
         started = time.perf_counter()
         plan = self._plan(epochs)
-        label_names = np.asarray(self.dataset.label_names, dtype=str)
-        rng = np.random.default_rng(s.seed)
+        rng = np.random.default_rng(self.settings.seed)
         stream_seeds = rng.integers(0, 2**63, size=(epochs, plan.passes))
         model = self._init_model(plan.batch_size, stats_seed=int(rng.integers(0, 2**63)))
         schedule = self._schedule(epochs * plan.steps_per_epoch)
         tx = self._optimizer(schedule)
         graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+        steps = compile_steps(graphdef, tx, Augmentation.from_settings(self.settings))
         state = TrainState(params, tx.init(params), rest)
-        steps = compile_steps(graphdef, tx, Augmentation.from_settings(s))
-        key = jax.random.key(s.seed)
+        state, best = self._train(steps, state, schedule, plan, stream_seeds, progress)
+        return self._result(nnx.merge(graphdef, best.params, rest), best, plan, state, started)
 
-        history: dict[str, list] = {column: [] for column in HISTORY_COLUMNS}
-        best = _Best(np.inf, 0, jax.tree.map(jnp.copy, params), None)
-        epoch_iter = range(1, epochs + 1)
-        bar = progress_bar(epoch_iter, desc="training", unit="epoch") if progress else epoch_iter
-        for epoch in bar:
+    def _train(
+        self,
+        steps: Steps,
+        state: TrainState,
+        schedule: optax.Schedule,
+        plan: _Plan,
+        stream_seeds: np.ndarray,
+        progress: bool,
+    ) -> tuple[TrainState, Best]:
+        """The epochs: train, evaluate on the holdout, keep the best, record the history."""
+        label_names = np.asarray(self.dataset.label_names, dtype=str)
+        key = jax.random.key(self.settings.seed)
+        self.history = {column: [] for column in HISTORY_COLUMNS}
+        best = Best(np.inf, 0, jax.tree.map(jnp.copy, state.params), None)
+        epochs = range(1, len(stream_seeds) + 1)
+        bar = progress_bar(epochs, desc="training", unit="epoch") if progress else None
+        for epoch in epochs if bar is None else bar:
             t0 = time.perf_counter()
             batches = self._train_batches(plan.batch_size, stream_seeds[epoch - 1])
             state, train_loss = train_epoch(steps.train_step, state, batches, key)
             holdout = evaluate(steps.eval_step, state, self._holdout_batches(), label_names)
-            best = _keep_best(best, epoch, state.params, holdout)
-            row = _history_row(epoch, train_loss, holdout, float(schedule(max(state.step - 1, 0))))
+            best = keep_best(best, epoch, state.params, holdout)
+            row = history_row(epoch, train_loss, holdout, float(schedule(max(state.step - 1, 0))))
             row["seconds"] = time.perf_counter() - t0
             for column, value in row.items():
-                history[column].append(value)
-            self._log_epoch(row, epochs, bar if bar is not epoch_iter else None)
-        self.history = history
+                self.history[column].append(value)
+            self._log_epoch(row, len(epochs), bar)
+        return state, best
 
+    def _result(
+        self, model: GinsengClassifier, best: Best, plan: _Plan, state: TrainState, started: float
+    ) -> FitResult:
+        """Calibrate on the kept epoch's holdout logits; the model and its state."""
         if best.holdout is None:
             raise InputError(
-                f"Training diverged: the holdout loss was NaN in every one of the {epochs} "
-                f"epoch(s) (settings.lr={s.lr}); lower lr."
+                f"Training diverged: the holdout loss was NaN in every one of the "
+                f"{len(self.history['epoch'])} epoch(s) (settings.lr={self.settings.lr}); "
+                "lower lr."
             )
+        label_names = np.asarray(self.dataset.label_names, dtype=str)
         metrics = calibrate(best.holdout, label_names)
         metrics["best_epoch"] = int(best.epoch)
         metrics["holdout_fraction"] = plan.realised_fraction
-        model = nnx.merge(graphdef, best.params, rest)
         model_state = GinsengModelState(
             params=flat_params(model),
             config=model.config,
@@ -211,8 +221,8 @@ class GinsengClassifierTrainer:
             labels=label_names,
             temperature=metrics["temperature"],
             metrics=metrics,
-            history=history,
-            settings=s,
+            history=self.history,
+            settings=self.settings,
             provenance=self._provenance(plan, state.step, started),
         )
         return FitResult(model, model_state)
@@ -350,25 +360,3 @@ class GinsengClassifierTrainer:
             "train_seconds": round(time.perf_counter() - started, 2),
             "device": str(jax.devices()[0].platform),
         }
-
-
-def _keep_best(best: _Best, epoch: int, params: Any, holdout: Holdout) -> _Best:
-    """``best``, or this epoch if its holdout loss is lower (or there is no holdout)."""
-    if len(holdout.labels) == 0:
-        return _Best(np.inf, epoch, jax.tree.map(jnp.copy, params), holdout)
-    if holdout.loss < best.loss:
-        # A copy: the training step reuses (donates) the buffers of params.
-        return _Best(holdout.loss, epoch, jax.tree.map(jnp.copy, params), holdout)
-    return best
-
-
-def _history_row(epoch: int, train_loss: float, holdout: Holdout, lr: float) -> dict[str, Any]:
-    m = holdout.metrics
-    return {
-        "epoch": epoch,
-        "train_loss": train_loss,
-        "holdout_loss": holdout.loss,
-        "holdout_accuracy": m.get("accuracy", float("nan")),
-        "holdout_macro_f1": m.get("macro_f1", float("nan")),
-        "lr": lr,
-    }
