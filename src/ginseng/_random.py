@@ -21,7 +21,7 @@ def _fmix32(h: jax.Array) -> jax.Array:
     return h ^ (h >> 16)
 
 
-def random_bits(key: jax.Array, shape: tuple[int, int]) -> jax.Array:
+def random_bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     """Uniform ``uint32`` bits of a 2-d ``shape``, cheap enough for every value of a batch.
 
     Each row gets a 32-bit seed from ``key`` (jax's threefry); the values of a row are
@@ -44,7 +44,7 @@ def random_bits(key: jax.Array, shape: tuple[int, int]) -> jax.Array:
     return _fmix32(weyl ^ seeds)
 
 
-def random_uniform(key: jax.Array, shape: tuple[int, int]) -> jax.Array:
+def random_uniform(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     """Float32 uniforms in ``[0, 1)`` on a 2**-23 grid, from :func:`random_bits`.
 
     Examples

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Literal
 
 from ._errors import InputError
 from ._validate import (
@@ -23,7 +23,8 @@ from ._validate import (
     positive_number,
 )
 
-GROUP_MODES = ("fraction", "groups")
+GroupMode = Literal["fraction", "groups"]
+GROUP_MODES: tuple[GroupMode, ...] = ("fraction", "groups")
 
 
 @dataclass(frozen=True)
@@ -134,7 +135,7 @@ class GinsengClassifierTrainerSettings:
     holdout_fraction: float = 0.1
     balance_train: bool = True
     group_level: bool = False
-    group_mode: str = "fraction"
+    group_mode: GroupMode = "fraction"
     # Reproducibility.
     seed: int = 0
 

@@ -80,7 +80,9 @@ def _blocks(rows: np.ndarray, n_cells: int, block_rows: int) -> list[tuple[int, 
     return blocks
 
 
-def _buffers(blocks, order: np.ndarray, buffer_rows: int) -> list[list[int]]:
+def _buffers(
+    blocks: list[tuple[int, int, np.ndarray]], order: np.ndarray, buffer_rows: int
+) -> list[list[int]]:
     """Group blocks (in visiting ``order``) into buffers of at least ``buffer_rows`` rows."""
     buffers, current, size = [], [], 0
     for b in order:
@@ -140,20 +142,22 @@ def iterate(
             return X, y
         return X[pick], y[pick]
 
-    carry_X, carry_y = None, None
+    carry_X: sp.csr_matrix | None = None
+    carry_y: np.ndarray | None = None
     pool = _reader()
-    pending = pool.submit(load, buffers[0]) if buffers else None
+    pending = [pool.submit(load, buffers[0])] if buffers else []
     for i in range(len(buffers)):
-        X, y = pending.result()
-        pending = pool.submit(load, buffers[i + 1]) if i + 1 < len(buffers) else None
-        if carry_X is not None:
+        X, y = pending.pop().result()
+        if i + 1 < len(buffers):
+            pending.append(pool.submit(load, buffers[i + 1]))
+        if carry_X is not None and carry_y is not None:
             X, y = sp.vstack([carry_X, X], format="csr"), np.concatenate([carry_y, y])
         n_full = y.size // plan.batch_size * plan.batch_size
         for lo in range(0, n_full, plan.batch_size):
             hi = lo + plan.batch_size
             yield X[lo:hi].toarray().astype(np.float32, copy=False), y[lo:hi].astype(np.int32)
         carry_X, carry_y = X[n_full:], y[n_full:]
-    if carry_y is not None and carry_y.size and not plan.drop_last:
+    if carry_X is not None and carry_y is not None and carry_y.size and not plan.drop_last:
         yield carry_X.toarray().astype(np.float32, copy=False), carry_y.astype(np.int32)
 
 

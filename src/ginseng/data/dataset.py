@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from anndata import AnnData
@@ -71,6 +71,7 @@ class GinsengDataset:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path).expanduser()
+        self._group: Any
         self._group, self._attrs = open_store(self.path)
 
     # ------------------------------------------------------------------ creation
@@ -375,10 +376,9 @@ class GinsengDataset:
             f"({self.counts_dtype.name} counts, {int(self._attrs['nnz'])} non-zeros)",
             f"    labels: {labels.size} from obs[{self._attrs['label_key']!r}]: {shown}",
         ]
-        if self.has_groups:
-            lines.append(
-                f"    groups: {self.group_names.size} from obs[{self._attrs['group_key']!r}]"
-            )
+        groups = self.group_names
+        if groups is not None:
+            lines.append(f"    groups: {groups.size} from obs[{self._attrs['group_key']!r}]")
         splits = self.splits
         if splits:
             sizes = ", ".join(f"{k} {v.size}" for k, v in splits.items())

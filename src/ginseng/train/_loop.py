@@ -76,6 +76,12 @@ class Holdout(NamedTuple):
         return self.metrics.get("nll", math.nan)
 
 
+def split_params(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
+    """The model's graph, its trained parameters and the rest (the fixed preprocessing)."""
+    graphdef, params, *rest = nnx.split(model, nnx.Param, ...)
+    return graphdef, params, rest[0]
+
+
 def compile_steps(graphdef: Any, tx: optax.GradientTransformation, augment: Augmentation) -> Steps:
     """Return the jitted ``train_step`` and ``eval_step`` over split model state.
 
@@ -91,12 +97,20 @@ def compile_steps(graphdef: Any, tx: optax.GradientTransformation, augment: Augm
     """
 
     @partial(jax.jit, donate_argnums=(0, 1))
-    def train_step(params, opt_state, rest, x, y, base_key, step):
+    def train_step(
+        params: Any,
+        opt_state: optax.OptState,
+        rest: Any,
+        x: jax.Array,
+        y: jax.Array,
+        base_key: jax.Array,
+        step: jax.Array,
+    ) -> tuple[Any, optax.OptState, jax.Array]:
         k_aug, k_drop = jax.random.split(jax.random.fold_in(base_key, step))
         if augment.active:
             x = augment(k_aug, x)
 
-        def loss_fn(params):
+        def loss_fn(params: Any) -> jax.Array:
             logits = nnx.merge(graphdef, params, rest)(x, key=k_drop)
             return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
@@ -105,7 +119,7 @@ def compile_steps(graphdef: Any, tx: optax.GradientTransformation, augment: Augm
         return optax.apply_updates(params, updates), opt_state, loss
 
     @jax.jit
-    def eval_step(params, rest, x):
+    def eval_step(params: Any, rest: Any, x: jax.Array) -> jax.Array:
         return nnx.merge(graphdef, params, rest)(x)
 
     return Steps(train_step, eval_step)

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from .._random import random_bits, random_uniform
+from .._trainer_settings import GinsengClassifierTrainerSettings
 
 # Counts up to this value are thinned exactly; of a larger count, this many are thinned
 # exactly and the rest by a normal approximation, whose error there is far below the
@@ -45,7 +46,7 @@ class Augmentation:
     upper: int | None = None
 
     @classmethod
-    def from_settings(cls, settings) -> Augmentation:
+    def from_settings(cls, settings: GinsengClassifierTrainerSettings) -> Augmentation:
         """Take ``rate``, ``lam_max``, ``lower`` and ``upper`` from trainer settings."""
         return cls(settings.rate, settings.lam_max, settings.lower, settings.upper)
 
@@ -96,7 +97,7 @@ def _chunk_rows(n_cells: int, n_genes: int) -> int:
     return best
 
 
-def _standard_normal(key: jax.Array, shape: tuple[int, int]) -> jax.Array:
+def _standard_normal(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     """Approximately standard normal values: the centred sum of four 8-bit uniforms.
 
     The Irwin-Hall sum has the normal's mean and variance and tails bounded at about

@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict
 
 import jax
 import jax.numpy as jnp
@@ -33,9 +33,13 @@ from ._loop import (
     evaluate,
     history_row,
     keep_best,
+    split_params,
     train_epoch,
 )
 from .augment import Augmentation
+
+if TYPE_CHECKING:
+    from ..data.dataset import GinsengDataset
 
 # Cells read to fit the per-gene standardisation: the store is shuffled, so the first
 # batches are a random sample and the estimate is stable long before a full pass.
@@ -43,10 +47,17 @@ STATS_CELLS = 50_000
 # Learning-rate warmup: this fraction of all steps, at most WARMUP_MAX steps.
 WARMUP_FRACTION = 0.05
 WARMUP_MAX = 500
+
+
+class _StreamBuffers(TypedDict):
+    block_size: int
+    buffer_size: int
+
+
 # Rows per contiguous read and per shuffle buffer of the store stream. The store's rows
 # are already shuffled, so small buffers mix as well; the default 16k-row buffer (with
 # its prefetched successor and copies) held ~300 MB at 3k genes, these ~90 MB.
-STREAM_BUFFERS = {"block_size": 2048, "buffer_size": 4096}
+STREAM_BUFFERS = _StreamBuffers(block_size=2048, buffer_size=4096)
 
 
 class FitResult(NamedTuple):
@@ -102,7 +113,9 @@ class GinsengClassifierTrainer:
     ['test', 'train']
     """
 
-    def __init__(self, dataset, settings: GinsengClassifierTrainerSettings | None = None) -> None:
+    def __init__(
+        self, dataset: GinsengDataset, settings: GinsengClassifierTrainerSettings | None = None
+    ) -> None:
         settings = GinsengClassifierTrainerSettings() if settings is None else settings
         if not isinstance(settings, GinsengClassifierTrainerSettings):
             raise InputError(
@@ -165,7 +178,7 @@ class GinsengClassifierTrainer:
         model = self._init_model(plan.batch_size, stats_seed=int(rng.integers(0, 2**63)))
         schedule = self._schedule(epochs * plan.steps_per_epoch)
         tx = self._optimizer(schedule)
-        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+        graphdef, params, rest = split_params(model)
         steps = compile_steps(graphdef, tx, Augmentation.from_settings(self.settings))
         state = TrainState(params, tx.init(params), rest)
         state, best = self._train(steps, state, schedule, plan, stream_seeds, progress)
@@ -256,7 +269,7 @@ class GinsengClassifierTrainer:
         """The network with initial weights and, if standardising, the gene statistics."""
         s = self.settings
         n_genes, n_labels = len(self.dataset.gene_names), len(self.dataset.label_names)
-        if s.masking and s.upper >= n_genes:
+        if s.upper is not None and s.masking and s.upper >= n_genes:
             logger.warning(
                 "upper=%d masks up to every one of the %d genes; lower it for small gene panels",
                 s.upper,
