@@ -8,7 +8,7 @@ import pytest
 from ginseng import InputError
 from ginseng.data import GinsengDataset
 from ginseng.model import GinsengClassifier, GinsengModelState
-from ginseng.train import GinsengClassifierTrainer, GinsengClassifierTrainerSettings
+from ginseng.train import FitResult, GinsengClassifierTrainer, GinsengClassifierTrainerSettings
 
 TINY = {"hidden_dim": 8, "batch_size": 32, "upper": 5, "min_steps": 20, "seed": 2}
 
@@ -22,6 +22,7 @@ def store(tmp_path_factory, make_toy):
 def test_fit_result_has_names_and_unpacks_as_model_state(store):
     trainer = GinsengClassifierTrainer(store, GinsengClassifierTrainerSettings(**TINY))
     result = trainer.fit(2, progress=False)
+    assert isinstance(result, FitResult)
     model, state = result
     assert model is result.model and state is result.state
     assert isinstance(model, GinsengClassifier) and isinstance(state, GinsengModelState)

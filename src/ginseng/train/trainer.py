@@ -157,7 +157,7 @@ class GinsengClassifierTrainer:
 
         Returns
         -------
-        A :class:`FitResult`, which unpacks as ``model, state``:
+        A :class:`~ginseng.train.FitResult`, which unpacks as ``model, state``:
 
         model
             The trained :class:`~ginseng.model.GinsengClassifier` (Flax NNX module).
