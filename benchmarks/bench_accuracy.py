@@ -94,7 +94,7 @@ def run_ginseng(
     )  # fmt: skip
     train_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    x = align_counts(test_adata.X, test_adata.var_names, list(state.gene_names))
+    x = align_counts(test_adata.X, test_adata.var_names, list(state.genes))
     proba = np.asarray(state.predict_proba(x, calibrated=True))
     predict_s = time.perf_counter() - t0
     return PeerResult.from_proba(proba, state.label_names, train_s, predict_s)

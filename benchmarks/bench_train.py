@@ -51,7 +51,7 @@ def child_ginseng(train_h5ad: str, query_h5ad: str, epochs: str) -> dict:
 
     start = time.perf_counter()
     query = ad.read_h5ad(query_h5ad, backed="r")
-    assert list(query.var_names) == list(state.gene_names)  # same synthetic genes, same order
+    assert list(query.var_names) == list(state.genes)  # same synthetic genes, same order
     predictions = [
         state.predict(chunk) for _, chunk in iter_row_chunks(query.X, gs.settings.chunk_size)
     ]

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ._errors import InputError
+from ._validate import positive_int
 
 
 def _default_cache_dir() -> Path:
@@ -49,7 +50,7 @@ class GinsengSettings:
     >>> gs.settings.chunk_size = 0
     Traceback (most recent call last):
     ...
-    ginseng._errors.InputError: chunk_size must be a positive integer, got 0
+    ginseng._errors.InputError: chunk_size must be a positive integer, got 0.
     """
 
     _verbosity: int = 1
@@ -73,8 +74,8 @@ class GinsengSettings:
     def __setattr__(self, name: str, value) -> None:
         if name == "cache_dir":
             value = Path(value).expanduser()
-        elif name == "chunk_size" and (not isinstance(value, int) or value < 1):
-            raise InputError(f"chunk_size must be a positive integer, got {value!r}")
+        elif name == "chunk_size":
+            value = positive_int("chunk_size", value)
         super().__setattr__(name, value)
 
     def __repr__(self) -> str:

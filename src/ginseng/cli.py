@@ -67,7 +67,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _annotate(args: argparse.Namespace) -> int:
     from . import tl
-    from .data._atomic import new_file
+    from .data import new_file
 
     adata = _read(args.input, backed=True)
     options = {

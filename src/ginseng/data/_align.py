@@ -20,6 +20,7 @@ import scipy.sparse as sp
 
 from .._errors import GeneMismatchError, InputError
 from .._logging import logger
+from .._validate import fraction
 
 # Ensembl stable ids of genes of any species: ENSG..., ENSMUSG..., ENSDARG..., optional version.
 _ENSEMBL = re.compile(r"^ENS[A-Z]*G\d{6,}(\.\d+)?$")
@@ -154,8 +155,7 @@ def align_genes(
         Fewer than ``min_overlap`` of the model's genes were found; the message gives
         the overlap, the id types on both sides and example names.
     """
-    if not 0.0 <= float(min_overlap) <= 1.0:
-        raise InputError(f"min_gene_overlap must be in [0, 1], got {min_overlap!r}.")
+    fraction("min_gene_overlap", min_overlap)
     model_genes = np.asarray(model_genes, dtype=str)
     model_type = id_type(model_genes)
 

@@ -28,7 +28,7 @@ from .._logging import logger, progress
 from .._write import check_free_space, writing
 from ._chunks import FlatArrayWriter
 from ._inputs import encode_labels, encode_obs_column, select_genes
-from ._matrix import check_counts, get_matrix, iter_row_chunks, matrix_name
+from ._matrix import check_finite_nonnegative, get_matrix, iter_row_chunks, matrix_name
 from ._shuffle import ShardFiles
 
 # Values per compressed chunk of the flat CSR arrays. zarr's per-chunk overhead
@@ -82,7 +82,7 @@ def _route_rows(
             chunk = chunk[:, gene_idx]
         chunk.eliminate_zeros()
         chunk.sort_indices()
-        check_counts(chunk, where=where)
+        check_finite_nonnegative(chunk, where=where)
         if chunk.nnz:
             all_integer = all_integer and bool(np.array_equal(chunk.data, np.rint(chunk.data)))
             max_value = max(max_value, float(chunk.data.max()))

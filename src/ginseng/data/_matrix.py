@@ -72,8 +72,12 @@ def iter_row_chunks(matrix: Any, chunk_size: int) -> Iterator[tuple[slice, sp.cs
         yield slice(start, stop), _as_csr(matrix[start:stop])
 
 
-def check_counts(chunk: sp.csr_matrix, *, where: str) -> None:
-    """Refuse negative or non-finite values in a chunk, naming ``where`` they came from."""
+def check_finite_nonnegative(chunk: sp.csr_matrix, *, where: str) -> None:
+    """Refuse negative or non-finite values in a chunk, naming ``where`` they came from.
+
+    Only the sign and finiteness: :func:`ginseng.data._preflight.check_raw_counts` also
+    refuses log-normalised or scaled data.
+    """
     data = chunk.data
     if data.size == 0:
         return

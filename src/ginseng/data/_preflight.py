@@ -14,7 +14,7 @@ import scipy.sparse as sp
 
 from .._errors import InputError
 from .._logging import logger
-from ._matrix import check_counts
+from ._matrix import check_finite_nonnegative
 
 # Per-cell totals this close to a constant (coefficient of variation) mean normalised data.
 _CONSTANT_TOTAL_CV = 0.01
@@ -46,7 +46,7 @@ def check_raw_counts(
     """
     hint = _layer_hint(layers)
     try:
-        check_counts(chunk, where=where)
+        check_finite_nonnegative(chunk, where=where)
     except InputError as error:
         raise InputError(f"{error} {hint}Pass {option}=False only if you are sure.") from None
     data = chunk.data

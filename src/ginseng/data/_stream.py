@@ -6,6 +6,9 @@ in random order and gathered into a buffer that is shuffled (or, when balancing 
 resampled with weights inversely proportional to label frequency) before batches are
 cut from it. The next buffer is read in a background thread while the current one is
 consumed, since decompression releases the GIL.
+
+:func:`stream` is :meth:`ginseng.data.GinsengDataset.stream`: the class takes it as a
+method, so its documentation lives here, next to the streaming it describes.
 """
 
 from __future__ import annotations
@@ -16,9 +19,16 @@ import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse as sp
+
+from .._validate import positive_int
+from ._chunks import FlatArray
+
+if TYPE_CHECKING:
+    from .dataset import GinsengDataset
 
 
 @dataclass(frozen=True)
@@ -37,9 +47,15 @@ class StreamPlan:
 class BlockReader:
     """Reads rows of the store's CSR arrays; ``indptr`` is held in memory."""
 
-    def __init__(self, data, indices, indptr: np.ndarray, n_genes: int) -> None:
+    def __init__(self, data: Any, indices: Any, indptr: np.ndarray, n_genes: int) -> None:
         self._data, self._indices, self._indptr = data, indices, indptr
         self.n_genes = n_genes
+
+    @classmethod
+    def from_group(cls, group: Any, n_genes: int) -> BlockReader:
+        """The reader of a store's zarr group (``X/data``, ``X/indices``, ``X/indptr``)."""
+        indptr = np.asarray(group["X/indptr"][:], dtype=np.int64)
+        return cls(FlatArray(group["X/data"]), FlatArray(group["X/indices"]), indptr, n_genes)
 
     def read(self, start: int, stop: int, keep: np.ndarray) -> sp.csr_matrix:
         """Rows ``keep`` (sorted, within ``[start, stop)``) as CSR, from one contiguous read."""
@@ -64,7 +80,9 @@ def _blocks(rows: np.ndarray, n_cells: int, block_rows: int) -> list[tuple[int, 
     return blocks
 
 
-def _buffers(blocks, order: np.ndarray, buffer_rows: int) -> list[list[int]]:
+def _buffers(
+    blocks: list[tuple[int, int, np.ndarray]], order: np.ndarray, buffer_rows: int
+) -> list[list[int]]:
     """Group blocks (in visiting ``order``) into buffers of at least ``buffer_rows`` rows."""
     buffers, current, size = [], [], 0
     for b in order:
@@ -124,18 +142,95 @@ def iterate(
             return X, y
         return X[pick], y[pick]
 
-    carry_X, carry_y = None, None
+    carry_X: sp.csr_matrix | None = None
+    carry_y: np.ndarray | None = None
     pool = _reader()
-    pending = pool.submit(load, buffers[0]) if buffers else None
+    pending = [pool.submit(load, buffers[0])] if buffers else []
     for i in range(len(buffers)):
-        X, y = pending.result()  # type: ignore[union-attr]  # set while buffers remain
-        pending = pool.submit(load, buffers[i + 1]) if i + 1 < len(buffers) else None
-        if carry_X is not None:
+        X, y = pending.pop().result()
+        if i + 1 < len(buffers):
+            pending.append(pool.submit(load, buffers[i + 1]))
+        if carry_X is not None and carry_y is not None:
             X, y = sp.vstack([carry_X, X], format="csr"), np.concatenate([carry_y, y])
         n_full = y.size // plan.batch_size * plan.batch_size
         for lo in range(0, n_full, plan.batch_size):
             hi = lo + plan.batch_size
             yield X[lo:hi].toarray().astype(np.float32, copy=False), y[lo:hi].astype(np.int32)
         carry_X, carry_y = X[n_full:], y[n_full:]
-    if carry_y is not None and carry_y.size and not plan.drop_last:
-        yield carry_X.toarray().astype(np.float32, copy=False), carry_y.astype(np.int32)  # type: ignore[union-attr]
+    if carry_X is not None and carry_y is not None and carry_y.size and not plan.drop_last:
+        yield carry_X.toarray().astype(np.float32, copy=False), carry_y.astype(np.int32)
+
+
+def stream(
+    self: GinsengDataset,
+    batch_size: int = 256,
+    split: str = "train",
+    shuffle: bool = True,
+    balance_labels: bool = False,
+    seed: int | None = None,
+    drop_last: bool | None = None,
+    *,
+    block_size: int = 4096,
+    buffer_size: int = 16_384,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Iterate once over a split in mini-batches of raw counts.
+
+    Contiguous blocks of ``block_size`` stored rows are read in random order into a
+    buffer of at least ``buffer_size`` cells, which is shuffled before batches are
+    cut from it; rows were already shuffled when the store was written, so batches
+    are near-iid even for label-sorted sources. Memory is bounded by the buffer.
+
+    Parameters
+    ----------
+    batch_size
+        Rows per batch.
+    split
+        ``"train"``, ``"test"`` (after :meth:`make_split`) or ``"all"``.
+    shuffle
+        Visit blocks in random order and shuffle within the buffer. Without shuffle,
+        cells come in store order.
+    balance_labels
+        Resample each buffer with replacement, with weights inversely proportional to
+        each label's frequency in the split, so every label is equally likely per
+        draw. An epoch keeps the split's length; rare cells repeat, common cells are
+        skipped. Nothing is densified beyond one batch.
+    seed
+        Seed of block order, shuffling and resampling; ``None`` is non-deterministic.
+    drop_last
+        Drop the last incomplete batch. Default: ``True`` when shuffling (training),
+        ``False`` otherwise (evaluation sees every cell).
+    block_size, buffer_size
+        Rows per contiguous read and minimum rows per shuffle buffer.
+
+    Yields
+    ------
+    X
+        ``float32`` array ``(batch_size, n_genes)`` of raw counts.
+    y
+        ``int32`` array ``(batch_size,)`` of label codes (see :attr:`label_names`).
+
+    Examples
+    --------
+    >>> from ginseng.data import GinsengDataset
+    >>> ds = GinsengDataset.create(tmp / "ref.zarr", reference, "bulk_labels")
+    >>> batches = list(ds.stream(batch_size=100, split="all", shuffle=False))
+    >>> [X.shape[0] for X, y in batches]  # evaluation order keeps the last batch
+    [100, 100, 100, 50]
+
+    Training batches with every label equally likely (rare cells repeat):
+
+    >>> X, y = next(ds.stream(batch_size=64, split="all", balance_labels=True, seed=0))
+    >>> X.shape, y.shape
+    ((64, 765), (64,))
+    """
+    batch_size = positive_int("batch_size", batch_size)
+    plan = StreamPlan(
+        rows=self._rows(split),
+        batch_size=batch_size,
+        shuffle=bool(shuffle),
+        balance_labels=bool(balance_labels),
+        drop_last=bool(shuffle) if drop_last is None else bool(drop_last),
+        block_rows=positive_int("block_size", block_size),
+        buffer_rows=max(positive_int("buffer_size", buffer_size), batch_size),
+    )
+    return iterate(self._reader(), self.labels, plan, np.random.default_rng(seed), self.n_cells)

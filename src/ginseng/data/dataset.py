@@ -17,9 +17,9 @@ Layout (zarr v3 group; see ``docs/formats.md``)::
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from anndata import AnnData
@@ -27,10 +27,10 @@ from anndata import AnnData
 from .._errors import InputError
 from .._logging import logger
 from .._settings import settings
+from .._validate import positive_int
 from . import _split
-from ._chunks import FlatArray
 from ._open import open_store
-from ._stream import BlockReader, StreamPlan, iterate
+from ._stream import BlockReader, stream
 
 
 class GinsengDataset:
@@ -71,6 +71,7 @@ class GinsengDataset:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path).expanduser()
+        self._group: Any
         self._group, self._attrs = open_store(self.path)
 
     # ------------------------------------------------------------------ creation
@@ -168,9 +169,8 @@ class GinsengDataset:
 
             source = str(adata)
             adata = read_adata(adata, backed="r" if str(adata).endswith(".h5ad") else None)
-        chunk_size = settings.chunk_size if chunk_size is None else int(chunk_size)
-        if chunk_size < 1:
-            raise InputError(f"chunk_size must be a positive integer, got {chunk_size}.")
+        chunk_size = settings.chunk_size if chunk_size is None else chunk_size
+        chunk_size = positive_int("chunk_size", chunk_size)
         path = Path(path).expanduser()
         create_store(
             path,
@@ -361,92 +361,12 @@ class GinsengDataset:
             raise InputError(f"Unknown split {split!r}; available: {['all', *splits]}.{hint}")
         return splits[split]
 
-    def stream(
-        self,
-        batch_size: int = 256,
-        split: str = "train",
-        shuffle: bool = True,
-        balance_labels: bool = False,
-        seed: int | None = None,
-        drop_last: bool | None = None,
-        *,
-        block_size: int = 4096,
-        buffer_size: int = 16_384,
-    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Iterate once over a split in mini-batches of raw counts.
-
-        Contiguous blocks of ``block_size`` stored rows are read in random order into a
-        buffer of at least ``buffer_size`` cells, which is shuffled before batches are
-        cut from it; rows were already shuffled when the store was written, so batches
-        are near-iid even for label-sorted sources. Memory is bounded by the buffer.
-
-        Parameters
-        ----------
-        batch_size
-            Rows per batch.
-        split
-            ``"train"``, ``"test"`` (after :meth:`make_split`) or ``"all"``.
-        shuffle
-            Visit blocks in random order and shuffle within the buffer. Without shuffle,
-            cells come in store order.
-        balance_labels
-            Resample each buffer with replacement, with weights inversely proportional to
-            each label's frequency in the split, so every label is equally likely per
-            draw. An epoch keeps the split's length; rare cells repeat, common cells are
-            skipped. Nothing is densified beyond one batch.
-        seed
-            Seed of block order, shuffling and resampling; ``None`` is non-deterministic.
-        drop_last
-            Drop the last incomplete batch. Default: ``True`` when shuffling (training),
-            ``False`` otherwise (evaluation sees every cell).
-        block_size, buffer_size
-            Rows per contiguous read and minimum rows per shuffle buffer.
-
-        Yields
-        ------
-        X
-            ``float32`` array ``(batch_size, n_genes)`` of raw counts.
-        y
-            ``int32`` array ``(batch_size,)`` of label codes (see :attr:`label_names`).
-
-        Examples
-        --------
-        >>> from ginseng.data import GinsengDataset
-        >>> ds = GinsengDataset.create(tmp / "ref.zarr", reference, "bulk_labels")
-        >>> batches = list(ds.stream(batch_size=100, split="all", shuffle=False))
-        >>> [X.shape[0] for X, y in batches]  # evaluation order keeps the last batch
-        [100, 100, 100, 50]
-
-        Training batches with every label equally likely (rare cells repeat):
-
-        >>> X, y = next(ds.stream(batch_size=64, split="all", balance_labels=True, seed=0))
-        >>> X.shape, y.shape
-        ((64, 765), (64,))
-        """
-        for name, value in (
-            ("batch_size", batch_size), ("block_size", block_size), ("buffer_size", buffer_size)
-        ):  # fmt: skip
-            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-                raise InputError(f"{name} must be a positive integer, got {value!r}.")
-        plan = StreamPlan(
-            rows=self._rows(split),
-            batch_size=int(batch_size),
-            shuffle=bool(shuffle),
-            balance_labels=bool(balance_labels),
-            drop_last=bool(shuffle) if drop_last is None else bool(drop_last),
-            block_rows=int(block_size),
-            buffer_rows=max(int(buffer_size), int(batch_size)),
-        )
-        return iterate(self._reader(), self.labels, plan, np.random.default_rng(seed), self.n_cells)
+    # Defined in _stream.py with its docstring, next to the streaming it describes.
+    stream = stream
 
     def _reader(self) -> BlockReader:
         if not hasattr(self, "_block_reader"):
-            self._block_reader = BlockReader(
-                FlatArray(self._group["X/data"]),
-                FlatArray(self._group["X/indices"]),
-                np.asarray(self._group["X/indptr"][:], dtype=np.int64),
-                self.n_genes,
-            )
+            self._block_reader = BlockReader.from_group(self._group, self.n_genes)
         return self._block_reader
 
     # ---------------------------------------------------------------------- repr
@@ -461,10 +381,9 @@ class GinsengDataset:
             f"({self.counts_dtype.name} counts, {int(self._attrs['nnz'])} non-zeros)",
             f"    labels: {labels.size} from obs[{self._attrs['label_key']!r}]: {shown}",
         ]
-        if self.has_groups:
-            lines.append(
-                f"    groups: {self.group_names.size} from obs[{self._attrs['group_key']!r}]"  # type: ignore[union-attr]
-            )
+        groups = self.group_names
+        if groups is not None:
+            lines.append(f"    groups: {groups.size} from obs[{self._attrs['group_key']!r}]")
         splits = self.splits
         if splits:
             sizes = ", ".join(f"{k} {v.size}" for k, v in splits.items())

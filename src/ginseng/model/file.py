@@ -28,6 +28,7 @@ import numpy as np
 from .. import __version__
 from .._errors import InputError, ModelFormatError
 from .._keys import MODEL_FORMAT, MODEL_FORMAT_VERSION
+from .._trainer_settings import GinsengClassifierTrainerSettings
 from .._write import write_error
 from .state import GinsengModelState, param_shapes
 
@@ -190,8 +191,6 @@ def load_model(path: str | os.PathLike) -> GinsengModelState:
 
 
 def _read(f: h5py.File) -> GinsengModelState:
-    from ..train.settings import GinsengClassifierTrainerSettings
-
     for key in ("genes", "labels", "params", "calibration", *_JSON_FIELDS):
         if key not in f:
             raise KeyError(f"missing {key!r}")

@@ -19,6 +19,8 @@ import numpy as np
 import scipy.sparse as sp
 from flax import nnx
 
+from .._random import random_uniform
+
 # Genes whose training standard deviation is below this are scaled as if it were this,
 # so a gene (almost) silent in training cannot blow up a query cell that expresses it.
 MIN_GENE_STD = 0.05
@@ -40,37 +42,6 @@ def _lecun_uniform(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.floa
 
 class Preprocessing(nnx.Variable):
     """Fixed per-gene statistics: stored in the model, never trained or decayed."""
-
-
-def _fmix32(h: jax.Array) -> jax.Array:
-    # MurmurHash3's 32-bit finaliser: a bijection whose every output bit depends on
-    # every input bit.
-    h = h ^ (h >> 16)
-    h = h * jnp.uint32(0x85EBCA6B)
-    h = h ^ (h >> 13)
-    h = h * jnp.uint32(0xC2B2AE35)
-    return h ^ (h >> 16)
-
-
-def random_bits(key: jax.Array, shape: tuple[int, int]) -> jax.Array:
-    """Uniform ``uint32`` bits of a 2-d ``shape``, cheap enough for every value of a batch.
-
-    Each row gets a 32-bit seed from ``key`` (jax's threefry); the values of a row are
-    a counter-based hash (MurmurHash3's finaliser over the Weyl sequence of the column
-    index, xor the row seed). On CPU jax's threefry costs ~1.7 ns per value, as much as
-    the network's matrix products for a 256 x 3000 batch; the hash costs ~0.1 ns.
-    """
-    rows, cols = shape
-    seeds = jax.random.bits(key, (rows, 1), jnp.uint32)
-    weyl = jax.lax.broadcasted_iota(jnp.uint32, (rows, cols), 1) * jnp.uint32(0x9E3779B9)
-    return _fmix32(weyl ^ seeds)
-
-
-def random_uniform(key: jax.Array, shape: tuple[int, int]) -> jax.Array:
-    """Float32 uniforms in ``[0, 1)`` on a 2**-23 grid, from :func:`random_bits`."""
-    bits = random_bits(key, shape)
-    one_to_two = jax.lax.bitcast_convert_type((bits >> 9) | jnp.uint32(0x3F800000), jnp.float32)
-    return one_to_two - 1.0
 
 
 def network_config(

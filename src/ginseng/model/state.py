@@ -8,13 +8,19 @@ from __future__ import annotations
 
 import hashlib
 import platform
+import warnings
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .._errors import InputError
+
+if TYPE_CHECKING:
+    import jax
+
+    from .network import GinsengClassifier
 
 _PACKAGES = (
     "ginseng",
@@ -154,7 +160,7 @@ class GinsengModelState:
         self.labels = np.asarray(self.labels, dtype=str)
         self.params = {k: np.asarray(v, dtype=np.float32) for k, v in self.params.items()}
         self.temperature = float(self.temperature)
-        self._forward = None
+        self._forward: tuple[Any, Any, Any] | None = None
 
     @property
     def n_genes(self) -> int:
@@ -163,12 +169,14 @@ class GinsengModelState:
 
     @property
     def gene_names(self) -> np.ndarray:
-        """Alias of :attr:`genes`, named as on :class:`~ginseng.data.GinsengDataset`."""
+        """Deprecated alias of :attr:`genes` (removed in a future release)."""
+        _deprecated_alias("gene_names", "genes")
         return self.genes
 
     @property
     def label_names(self) -> np.ndarray:
-        """Alias of :attr:`labels`, named as on :class:`~ginseng.data.GinsengDataset`."""
+        """Deprecated alias of :attr:`labels` (removed in a future release)."""
+        _deprecated_alias("label_names", "labels")
         return self.labels
 
     @property
@@ -176,13 +184,13 @@ class GinsengModelState:
         """Number of output labels."""
         return len(self.labels)
 
-    def build_model(self):
+    def build_model(self) -> GinsengClassifier:
         """Rebuild the Flax NNX network (:class:`~ginseng.model.GinsengClassifier`) with these weights."""
         from .network import build_model
 
         return build_model(self.config, self.params)
 
-    def _compiled_forward(self):
+    def _compiled_forward(self) -> tuple[Any, Any, Any]:
         """Jitted ``(dense counts -> logits, first-layer output -> logits)`` and the weights."""
         if self._forward is None:
             import jax
@@ -191,11 +199,11 @@ class GinsengModelState:
             graphdef, variables = nnx.split(self.build_model())
 
             @jax.jit
-            def forward(variables, x):
+            def forward(variables: Any, x: jax.Array) -> jax.Array:
                 return nnx.merge(graphdef, variables)(x)
 
             @jax.jit
-            def from_first_linear(variables, z):
+            def from_first_linear(variables: Any, z: jax.Array) -> jax.Array:
                 return nnx.merge(graphdef, variables).from_first_linear(z)
 
             self._forward = (forward, from_first_linear, variables)
@@ -268,6 +276,14 @@ class GinsengModelState:
 
     def __repr__(self) -> str:
         return model_card(self)
+
+
+def _deprecated_alias(old: str, new: str) -> None:
+    warnings.warn(
+        f"GinsengModelState.{old} is deprecated and will be removed; use .{new}.",
+        FutureWarning,
+        stacklevel=3,
+    )
 
 
 def _fmt(value: Any, spec: str = ".3f") -> str:

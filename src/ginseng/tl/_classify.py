@@ -22,7 +22,8 @@ from .._errors import InputError
 from .._keys import PREFIX, ResultKeys
 from .._logging import timed
 from .._settings import settings
-from ..data._writeback import backed_mode, write_results
+from .._validate import fraction, nonempty_str, positive_int
+from ..data import backed_mode, write_results
 from ._query import open_query
 from ._record import drop_none, model_summary
 from ._results import Annotation, annotation_table, write_annotation
@@ -196,16 +197,11 @@ class ClassifyOptions:
             )
         if self.write and isinstance(adata, AnnData):
             _check_writable_adata(adata)
-        threshold = self.unassigned_threshold
-        if threshold is not None and not (
-            isinstance(threshold, int | float) and 0.0 <= float(threshold) <= 1.0
-        ):
-            raise InputError(f"unassigned_threshold must be in [0, 1], got {threshold!r}.")
-        if not isinstance(self.key_added, str) or not self.key_added:
-            raise InputError(f"key_added must be a non-empty string, got {self.key_added!r}.")
-        size = self.batch_size
-        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
-            raise InputError(f"batch_size must be a positive integer, got {size!r}.")
+        if self.unassigned_threshold is not None:
+            fraction("unassigned_threshold", self.unassigned_threshold)
+        nonempty_str("key_added", self.key_added)
+        if self.batch_size is not None:
+            positive_int("batch_size", self.batch_size)
 
     def params(self, layer: str | None, batch_size: int) -> dict[str, object]:
         """What ``uns[key_added]["classify"]["params"]`` records (no ``None``)."""

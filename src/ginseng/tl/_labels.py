@@ -7,6 +7,7 @@ import pandas as pd
 
 from .._errors import InputError
 from .._keys import HETEROGENEOUS, UNASSIGNED
+from .._validate import fraction
 
 # Reserved labels get fixed greys, so they never take a cell type's colour.
 _RESERVED_COLORS = {UNASSIGNED: "#d3d3d3", HETEROGENEOUS: "#808080"}
@@ -80,8 +81,7 @@ def majority_vote(
     become ``"Heterogeneous"``; cells without a cluster (missing values) get a missing
     value. Ties go to the label that comes first in the model's order.
     """
-    if not 0.0 <= float(min_prop) <= 1.0:
-        raise InputError(f"min_prop must be in [0, 1], got {min_prop!r}.")
+    fraction("min_prop", min_prop)
     if min_prop > 0 and HETEROGENEOUS in predicted.categories:
         raise InputError(
             f"The model has a label named {HETEROGENEOUS!r}, so min_prop cannot mark mixed "

@@ -4,7 +4,7 @@ Whatever the input (AnnData in memory or backed, an ``.h5ad`` or AnnData ``.zarr
 path, any other format ``read_adata`` reads), classification sees the same thing: an
 AnnData whose ``obs``/``var``/``uns`` receive the results, and a count matrix that is
 read ``chunk`` rows at a time and is never loaded whole. Results go back into the file
-through :mod:`ginseng.data._writeback`.
+through :func:`ginseng.data.write_results`.
 """
 
 from __future__ import annotations
@@ -18,8 +18,7 @@ from anndata import AnnData
 
 from .._errors import InputError
 from .._logging import logger
-from ..data._matrix import get_matrix, matrix_name
-from ..data._writeback import check_writable
+from ..data import check_writable, get_matrix, matrix_name
 
 
 @dataclass
@@ -69,7 +68,7 @@ def open_query(
         )
     if not isinstance(adata, str | os.PathLike):
         raise InputError(f"adata must be an AnnData or a path to one, got {type(adata).__name__}.")
-    from ..data._read import detect_format, read_adata
+    from ..data import detect_format, read_adata
 
     path = Path(adata).expanduser()
     if not path.exists():

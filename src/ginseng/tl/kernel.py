@@ -30,10 +30,8 @@ import scipy.sparse as sp
 
 from .._errors import InputError
 from .._logging import progress
-from ..data._align import GeneAlignment, align_genes
-from ..data._matrix import check_counts as _check_sign_and_finite
-from ..data._matrix import iter_row_chunks
-from ..data._preflight import check_raw_counts
+from ..data import GeneAlignment, align_genes, check_raw_counts, iter_row_chunks
+from ..data import check_finite_nonnegative as _check_sign_and_finite
 from ._labels import assign_labels, majority_vote, model_label_colors
 
 if TYPE_CHECKING:

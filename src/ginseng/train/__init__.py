@@ -6,8 +6,13 @@ Only the settings load eagerly; the trainer imports jax, so it loads on first us
 from .._lazy import lazy_attributes
 from .settings import GinsengClassifierTrainerSettings
 
-__all__ = ["GinsengClassifierTrainer", "GinsengClassifierTrainerSettings"]
+__all__ = ["FitResult", "GinsengClassifierTrainer", "GinsengClassifierTrainerSettings"]
 
 __getattr__, __dir__ = lazy_attributes(
-    __name__, globals(), {"GinsengClassifierTrainer": ".trainer:GinsengClassifierTrainer"}
+    __name__,
+    globals(),
+    {
+        "FitResult": ".trainer:FitResult",
+        "GinsengClassifierTrainer": ".trainer:GinsengClassifierTrainer",
+    },
 )

@@ -6,7 +6,7 @@ ambient background (Poisson noise) and genes absent from the query panel (maskin
 They are applied in that order, so masked genes are exactly zero.
 
 The samplers run on every value of the batch, zeros included, so they are written to
-be cheap: uniforms come from a counter-based hash (:func:`ginseng.model.network.random_bits`,
+be cheap: uniforms come from a counter-based hash (:func:`ginseng._random.random_bits`,
 ~15x cheaper than jax's threefry on CPU) and are turned into counts by inverse transform
 sampling, which needs one uniform per value and no rejection loop.
 """
@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
-from ..model.network import random_bits, random_uniform
+from .._random import random_bits, random_uniform
+from .._trainer_settings import GinsengClassifierTrainerSettings
 
 # Counts up to this value are thinned exactly; of a larger count, this many are thinned
 # exactly and the rest by a normal approximation, whose error there is far below the
@@ -45,7 +46,7 @@ class Augmentation:
     upper: int | None = None
 
     @classmethod
-    def from_settings(cls, settings) -> Augmentation:
+    def from_settings(cls, settings: GinsengClassifierTrainerSettings) -> Augmentation:
         """Take ``rate``, ``lam_max``, ``lower`` and ``upper`` from trainer settings."""
         return cls(settings.rate, settings.lam_max, settings.lower, settings.upper)
 
@@ -96,7 +97,7 @@ def _chunk_rows(n_cells: int, n_genes: int) -> int:
     return best
 
 
-def _standard_normal(key: jax.Array, shape: tuple[int, int]) -> jax.Array:
+def _standard_normal(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     """Approximately standard normal values: the centred sum of four 8-bit uniforms.
 
     The Irwin-Hall sum has the normal's mean and variance and tails bounded at about

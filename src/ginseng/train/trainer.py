@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 import time
-from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict
 
 import jax
 import jax.numpy as jnp
@@ -18,26 +18,68 @@ from flax import nnx
 from .._errors import InputError
 from .._logging import logger
 from .._logging import progress as progress_bar
+from .._trainer_settings import GinsengClassifierTrainerSettings
+from .._validate import positive_int
 from ..model.network import GinsengClassifier, flat_params, gene_statistics, network_config
 from ..model.state import GinsengModelState, data_fingerprint, package_versions
+from ._loop import (
+    EVAL_BATCH,
+    HISTORY_COLUMNS,
+    Best,
+    Steps,
+    TrainState,
+    calibrate,
+    compile_steps,
+    evaluate,
+    history_row,
+    keep_best,
+    split_params,
+    train_epoch,
+)
 from .augment import Augmentation
-from .calibration import calibration_report, classification_metrics
-from .settings import GinsengClassifierTrainerSettings
+
+if TYPE_CHECKING:
+    from ..data.dataset import GinsengDataset
 
 # Cells read to fit the per-gene standardisation: the store is shuffled, so the first
 # batches are a random sample and the estimate is stable long before a full pass.
 STATS_CELLS = 50_000
-# Rows per evaluation call (padded), so the holdout pass compiles once.
-EVAL_BATCH = 1024
 # Learning-rate warmup: this fraction of all steps, at most WARMUP_MAX steps.
 WARMUP_FRACTION = 0.05
 WARMUP_MAX = 500
+
+
+class _StreamBuffers(TypedDict):
+    block_size: int
+    buffer_size: int
+
+
 # Rows per contiguous read and per shuffle buffer of the store stream. The store's rows
 # are already shuffled, so small buffers mix as well; the default 16k-row buffer (with
 # its prefetched successor and copies) held ~300 MB at 3k genes, these ~90 MB.
-STREAM_BUFFERS = {"block_size": 2048, "buffer_size": 4096}
-# Training steps dispatched ahead of the one the loop waits for.
-MAX_IN_FLIGHT = 2
+STREAM_BUFFERS = _StreamBuffers(block_size=2048, buffer_size=4096)
+
+
+class FitResult(NamedTuple):
+    """What :meth:`GinsengClassifierTrainer.fit` returns; unpacks as ``model, state``."""
+
+    model: GinsengClassifier
+    state: GinsengModelState
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """The split and the step counts of one run."""
+
+    train_rows: np.ndarray
+    test_rows: np.ndarray
+    realised_fraction: float
+    batch_size: int
+    passes: int  # over the training cells per epoch
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.passes * (self.train_rows.size // self.batch_size)
 
 
 class GinsengClassifierTrainer:
@@ -71,7 +113,9 @@ class GinsengClassifierTrainer:
     ['test', 'train']
     """
 
-    def __init__(self, dataset, settings: GinsengClassifierTrainerSettings | None = None) -> None:
+    def __init__(
+        self, dataset: GinsengDataset, settings: GinsengClassifierTrainerSettings | None = None
+    ) -> None:
         settings = GinsengClassifierTrainerSettings() if settings is None else settings
         if not isinstance(settings, GinsengClassifierTrainerSettings):
             raise InputError(
@@ -92,20 +136,187 @@ class GinsengClassifierTrainer:
         self.settings = settings
         self.history: dict[str, list] = {}
 
+    # --------------------------------------------------------------------- fit
+    def fit(self, epochs: int = 10, *, progress: bool = True) -> FitResult:
+        """Train for ``epochs`` passes over the training split.
+
+        A small training split is passed over several times per epoch so that the run
+        has at least ``settings.min_steps`` optimiser steps.
+
+        Each epoch logs the training loss and the holdout loss, accuracy and macro-F1
+        (evaluation mode, no dropout or augmentation). The weights of the epoch with the
+        lowest holdout loss are kept. Afterwards a temperature is fitted on the holdout
+        logits (calibration) and the holdout metrics are recorded before and after it.
+
+        Parameters
+        ----------
+        epochs
+            Passes over the training split.
+        progress
+            Show a progress bar (also subject to ``ginseng.settings.progress_bar``).
+
+        Returns
+        -------
+        A :class:`~ginseng.train.FitResult`, which unpacks as ``model, state``:
+
+        model
+            The trained :class:`~ginseng.model.GinsengClassifier` (Flax NNX module).
+        state
+            The :class:`~ginseng.model.GinsengModelState` to save, inspect or classify with.
+
+        Raises
+        ------
+        InputError
+            ``epochs`` is not a positive integer, the training split is empty, or the
+            holdout loss was NaN in every epoch (training diverged: lower ``lr``).
+        """
+        epochs = positive_int("epochs", epochs)
+        started = time.perf_counter()
+        plan = self._plan(epochs)
+        rng = np.random.default_rng(self.settings.seed)
+        stream_seeds = rng.integers(0, 2**63, size=(epochs, plan.passes))
+        model = self._init_model(plan.batch_size, stats_seed=int(rng.integers(0, 2**63)))
+        schedule = self._schedule(epochs * plan.steps_per_epoch)
+        tx = self._optimizer(schedule)
+        graphdef, params, rest = split_params(model)
+        steps = compile_steps(graphdef, tx, Augmentation.from_settings(self.settings))
+        state = TrainState(params, tx.init(params), rest)
+        state, best = self._train(steps, state, schedule, plan, stream_seeds, progress)
+        return self._result(nnx.merge(graphdef, best.params, rest), best, plan, state, started)
+
+    def _train(
+        self,
+        steps: Steps,
+        state: TrainState,
+        schedule: optax.Schedule,
+        plan: _Plan,
+        stream_seeds: np.ndarray,
+        progress: bool,
+    ) -> tuple[TrainState, Best]:
+        """The epochs: train, evaluate on the holdout, keep the best, record the history."""
+        label_names = np.asarray(self.dataset.label_names, dtype=str)
+        key = jax.random.key(self.settings.seed)
+        self.history = {column: [] for column in HISTORY_COLUMNS}
+        best = Best(np.inf, 0, jax.tree.map(jnp.copy, state.params), None)
+        epochs = range(1, len(stream_seeds) + 1)
+        bar = progress_bar(epochs, desc="training", unit="epoch") if progress else None
+        for epoch in epochs if bar is None else bar:
+            t0 = time.perf_counter()
+            batches = self._train_batches(plan.batch_size, stream_seeds[epoch - 1])
+            state, train_loss = train_epoch(steps.train_step, state, batches, key)
+            holdout = evaluate(steps.eval_step, state, self._holdout_batches(), label_names)
+            best = keep_best(best, epoch, state.params, holdout)
+            row = history_row(epoch, train_loss, holdout, float(schedule(max(state.step - 1, 0))))
+            row["seconds"] = time.perf_counter() - t0
+            for column, value in row.items():
+                self.history[column].append(value)
+            self._log_epoch(row, len(epochs), bar)
+        return state, best
+
+    def _result(
+        self, model: GinsengClassifier, best: Best, plan: _Plan, state: TrainState, started: float
+    ) -> FitResult:
+        """Calibrate on the kept epoch's holdout logits; the model and its state."""
+        if best.holdout is None:
+            raise InputError(
+                f"Training diverged: the holdout loss was NaN in every one of the "
+                f"{len(self.history['epoch'])} epoch(s) (settings.lr={self.settings.lr}); "
+                "lower lr."
+            )
+        label_names = np.asarray(self.dataset.label_names, dtype=str)
+        metrics = calibrate(best.holdout, label_names)
+        metrics["best_epoch"] = int(best.epoch)
+        metrics["holdout_fraction"] = plan.realised_fraction
+        model_state = GinsengModelState(
+            params=flat_params(model),
+            config=model.config,
+            genes=np.asarray(self.dataset.gene_names, dtype=str),
+            labels=label_names,
+            temperature=metrics["temperature"],
+            metrics=metrics,
+            history=self.history,
+            settings=self.settings,
+            provenance=self._provenance(plan, state.step, started),
+        )
+        return FitResult(model, model_state)
+
     # ------------------------------------------------------------------ pieces
-    def _split(self) -> tuple[np.ndarray, np.ndarray, float]:
+    def _plan(self, epochs: int) -> _Plan:
+        """Make the holdout split; choose the batch size and the passes per epoch."""
         s, ds = self.settings, self.dataset
         realised = ds.make_split(
             s.holdout_fraction, stratify_group=s.group_level, group_mode=s.group_mode, seed=s.seed
         )
-        splits = ds.splits
-        train, test = splits["train"], splits["test"]
+        train, test = ds.splits["train"], ds.splits["test"]
         if train.size == 0:
             raise InputError(
                 f"The training split is empty ({ds.n_cells} cells, holdout_fraction="
                 f"{s.holdout_fraction}); lower holdout_fraction or add cells."
             )
-        return train, test, float(realised)
+        batch = min(s.batch_size, train.size)
+        if batch < s.batch_size:
+            logger.info("batch_size reduced to %d, the number of training cells", batch)
+        # Small training sets get several passes per epoch, so that training takes at
+        # least min_steps optimiser steps whatever the number of cells.
+        passes = max(1, math.ceil(s.min_steps / (epochs * (train.size // batch))))
+        if passes > 1:
+            logger.info(
+                "%d passes over the training cells per epoch (min_steps=%d)", passes, s.min_steps
+            )
+        return _Plan(train, test, float(realised), batch, passes)
+
+    def _init_model(self, batch: int, *, stats_seed: int) -> GinsengClassifier:
+        """The network with initial weights and, if standardising, the gene statistics."""
+        s = self.settings
+        n_genes, n_labels = len(self.dataset.gene_names), len(self.dataset.label_names)
+        if s.upper is not None and s.masking and s.upper >= n_genes:
+            logger.warning(
+                "upper=%d masks up to every one of the %d genes; lower it for small gene panels",
+                s.upper,
+                n_genes,
+            )
+        config = network_config(
+            n_genes,
+            n_labels,
+            hidden_dim=s.hidden_dim,
+            n_layers=s.n_layers,
+            dropout_rate=s.dropout_rate,
+            normalize=s.normalize,
+            target_sum=s.target_sum,
+            standardize=s.standardize,
+        )
+        model = GinsengClassifier(config, rngs=nnx.Rngs(s.seed))
+        if s.standardize:
+            mean, scale = gene_statistics(self._statistics_sample(batch, stats_seed), config)
+            model.gene_mean[...] = jnp.asarray(mean)
+            model.gene_scale[...] = jnp.asarray(scale)
+        return model
+
+    def _statistics_sample(self, batch: int, seed: int) -> Iterator[np.ndarray]:
+        """Training batches of about STATS_CELLS cells, for the per-gene statistics."""
+        seen = 0
+        for x, _ in self.dataset.stream(
+            batch, "train", shuffle=True, seed=seed, drop_last=False, **STREAM_BUFFERS
+        ):
+            yield x
+            seen += len(x)
+            if seen >= STATS_CELLS:
+                return
+
+    def _train_batches(
+        self, batch: int, seeds: np.ndarray
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """One epoch of training batches: a pass over the training split per seed."""
+        for seed in seeds:
+            yield from self.dataset.stream(
+                batch, "train", shuffle=True, balance_labels=self.settings.balance_train,
+                seed=int(seed), drop_last=True, **STREAM_BUFFERS,
+            )  # fmt: skip
+
+    def _holdout_batches(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        return self.dataset.stream(
+            EVAL_BATCH, "test", shuffle=False, drop_last=False, **STREAM_BUFFERS
+        )
 
     def _schedule(self, total_steps: int) -> optax.Schedule:
         s = self.settings
@@ -130,202 +341,19 @@ class GinsengClassifierTrainer:
             mask=lambda params: jax.tree.map(lambda p: p.ndim > 1, params),
         )
 
-    def _fit_standardization(self, model: GinsengClassifier, batch: int, seed: int) -> None:
-        def sample():
-            seen = 0
-            for x, _ in self.dataset.stream(
-                batch, "train", shuffle=True, seed=seed, drop_last=False, **STREAM_BUFFERS
-            ):
-                yield x
-                seen += len(x)
-                if seen >= STATS_CELLS:
-                    return
-
-        mean, scale = gene_statistics(sample(), model.config)
-        model.gene_mean[...] = jnp.asarray(mean)
-        model.gene_scale[...] = jnp.asarray(scale)
-
-    def _evaluate(self, evaluate, params, rest, n_labels: int) -> tuple[np.ndarray, np.ndarray]:
-        logits, labels = [], []
-        for x, y in self.dataset.stream(
-            EVAL_BATCH, "test", shuffle=False, drop_last=False, **STREAM_BUFFERS
-        ):
-            m = len(y)
-            if m < EVAL_BATCH:
-                x = np.concatenate([x, np.zeros((EVAL_BATCH - m, x.shape[1]), x.dtype)])
-            logits.append(np.asarray(evaluate(params, rest, x))[:m])
-            labels.append(y)
-        if not logits:
-            return np.zeros((0, n_labels), np.float32), np.zeros(0, np.int32)
-        return np.concatenate(logits), np.concatenate(labels)
-
-    # --------------------------------------------------------------------- fit
-    def fit(
-        self, epochs: int = 10, *, progress: bool = True
-    ) -> tuple[GinsengClassifier, GinsengModelState]:
-        """Train for ``epochs`` passes over the training split.
-
-        A small training split is passed over several times per epoch so that the run
-        has at least ``settings.min_steps`` optimiser steps.
-
-        Each epoch logs the training loss and the holdout loss, accuracy and macro-F1
-        (evaluation mode, no dropout or augmentation). The weights of the epoch with the
-        lowest holdout loss are kept. Afterwards a temperature is fitted on the holdout
-        logits (calibration) and the holdout metrics are recorded before and after it.
-
-        Parameters
-        ----------
-        epochs
-            Passes over the training split.
-        progress
-            Show a progress bar (also subject to ``ginseng.settings.progress_bar``).
-
-        Returns
-        -------
-        model
-            The trained :class:`~ginseng.model.GinsengClassifier` (Flax NNX module).
-        state
-            The :class:`~ginseng.model.GinsengModelState` to save, inspect or classify with.
-        """
-        if isinstance(epochs, bool) or not isinstance(epochs, int | np.integer) or epochs < 1:
-            raise InputError(f"epochs must be a positive integer, got {epochs!r}.")
-        s, ds = self.settings, self.dataset
-        started = time.perf_counter()
-        train_rows, test_rows, realised = self._split()
-        batch = min(s.batch_size, train_rows.size)
-        if batch < s.batch_size:
-            logger.info("batch_size reduced to %d, the number of training cells", batch)
-        # Small training sets get several passes per epoch, so that training takes at
-        # least min_steps optimiser steps whatever the number of cells.
-        passes = max(1, math.ceil(s.min_steps / (epochs * (train_rows.size // batch))))
-        if passes > 1:
-            logger.info(
-                "%d passes over the training cells per epoch (min_steps=%d)", passes, s.min_steps
-            )
-        steps_per_epoch = passes * (train_rows.size // batch)
-        label_names = np.asarray(ds.label_names, dtype=str)
-        gene_names = np.asarray(ds.gene_names, dtype=str)
-        n_labels, n_genes = len(label_names), len(gene_names)
-        if s.masking and s.upper >= n_genes:
-            logger.warning(
-                "upper=%d masks up to every one of the %d genes; lower it for small gene panels",
-                s.upper,
-                n_genes,
+    @staticmethod
+    def _log_epoch(row: dict[str, Any], epochs: int, bar: Any) -> None:
+        logger.info(
+            "epoch %d/%d: train loss %.4f, holdout loss %.4f, accuracy %.4f, macro-F1 %.4f",
+            row["epoch"], epochs, row["train_loss"], row["holdout_loss"],
+            row["holdout_accuracy"], row["holdout_macro_f1"],
+        )  # fmt: skip
+        if bar is not None:
+            bar.set_postfix(
+                loss=f"{row['train_loss']:.3f}", holdout_acc=f"{row['holdout_accuracy']:.3f}"
             )
 
-        rng = np.random.default_rng(s.seed)
-        stream_seeds = rng.integers(0, 2**63, size=(epochs, passes))
-        stats_seed = int(rng.integers(0, 2**63))
-        config = network_config(
-            n_genes,
-            n_labels,
-            hidden_dim=s.hidden_dim,
-            n_layers=s.n_layers,
-            dropout_rate=s.dropout_rate,
-            normalize=s.normalize,
-            target_sum=s.target_sum,
-            standardize=s.standardize,
-        )
-        model = GinsengClassifier(config, rngs=nnx.Rngs(s.seed))
-        if s.standardize:
-            self._fit_standardization(model, batch, stats_seed)
-
-        schedule = self._schedule(epochs * steps_per_epoch)
-        tx = self._optimizer(schedule)
-        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-        opt_state = tx.init(params)
-        train_step, evaluate = _compile(graphdef, tx, Augmentation.from_settings(s))
-        base_key = jax.random.key(s.seed)
-
-        history: dict[str, list] = {
-            k: []
-            for k in (
-                "epoch",
-                "train_loss",
-                "holdout_loss",
-                "holdout_accuracy",
-                "holdout_macro_f1",
-                "lr",
-                "seconds",
-            )
-        }
-        best = (np.inf, 0, jax.tree.map(jnp.copy, params), None, None)
-        step = 0
-        epoch_iter = range(1, epochs + 1)
-        bar = progress_bar(epoch_iter, desc="training", unit="epoch") if progress else epoch_iter
-        for epoch in bar:
-            t0 = time.perf_counter()
-            in_flight: deque = deque()
-            loss_sum, n_losses = 0.0, 0
-            for seed in stream_seeds[epoch - 1]:
-                for x, y in ds.stream(
-                    batch, "train", shuffle=True, balance_labels=s.balance_train,
-                    seed=int(seed), drop_last=True, **STREAM_BUFFERS,
-                ):  # fmt: skip
-                    params, opt_state, loss = train_step(
-                        params, opt_state, rest, x, y, base_key, np.int32(step)
-                    )
-                    step += 1
-                    # jax dispatches asynchronously: unchecked, the loop would read the
-                    # whole epoch ahead and hold every batch in memory (~1 GB at 100k
-                    # cells x 3k genes). Waiting for the step MAX_IN_FLIGHT back keeps
-                    # reading and computing overlapped with bounded memory.
-                    in_flight.append(loss)
-                    if len(in_flight) > MAX_IN_FLIGHT:
-                        loss_sum += float(in_flight.popleft())
-                        n_losses += 1
-            n_losses += len(in_flight)
-            loss_sum += sum(float(v) for v in in_flight)
-            train_loss = loss_sum / n_losses if n_losses else float("nan")
-            logits, labels = self._evaluate(evaluate, params, rest, n_labels)
-            m = classification_metrics(logits, labels, label_names) if len(labels) else {}
-            hold_loss = m.get("nll", float("nan"))
-            if len(labels) == 0 or hold_loss < best[0]:
-                # A copy: the training step reuses (donates) the buffers of params.
-                kept = jax.tree.map(jnp.copy, params)
-                best = (hold_loss if len(labels) else np.inf, epoch, kept, logits, labels)
-            row = {
-                "epoch": epoch,
-                "train_loss": train_loss,
-                "holdout_loss": hold_loss,
-                "holdout_accuracy": m.get("accuracy", float("nan")),
-                "holdout_macro_f1": m.get("macro_f1", float("nan")),
-                "lr": float(schedule(max(step - 1, 0))),
-                "seconds": time.perf_counter() - t0,
-            }
-            for k, v in row.items():
-                history[k].append(v)
-            logger.info(
-                "epoch %d/%d: train loss %.4f, holdout loss %.4f, accuracy %.4f, macro-F1 %.4f",
-                epoch, epochs, train_loss, hold_loss, row["holdout_accuracy"], row["holdout_macro_f1"],
-            )  # fmt: skip
-            if bar is not epoch_iter:
-                bar.set_postfix(
-                    loss=f"{train_loss:.3f}", holdout_acc=f"{row['holdout_accuracy']:.3f}"
-                )
-        self.history = history
-
-        _, best_epoch, params, logits, labels = best
-        model = nnx.merge(graphdef, params, rest)
-        metrics = calibration_report(logits, labels, label_names)
-        metrics["best_epoch"] = int(best_epoch)
-        metrics["holdout_fraction"] = realised
-        state = GinsengModelState(
-            params=flat_params(model),
-            config=config,
-            genes=gene_names,
-            labels=label_names,
-            temperature=metrics["temperature"],
-            metrics=metrics,
-            history=history,
-            settings=s,
-            provenance=self._provenance(train_rows, test_rows, batch, step, passes, started),
-        )
-        return model, state
-
-    def _provenance(
-        self, train_rows, test_rows, batch: int, steps: int, passes: int, started: float
-    ) -> dict[str, Any]:
+    def _provenance(self, plan: _Plan, steps: int, started: float) -> dict[str, Any]:
         ds = self.dataset
         label_names = np.asarray(ds.label_names, dtype=str)
         counts = np.bincount(np.asarray(ds.labels), minlength=len(label_names))
@@ -336,43 +364,12 @@ class GinsengClassifierTrainer:
             "data_fingerprint": data_fingerprint(ds.gene_names, label_names, counts),
             "store": str(getattr(ds, "path", "")),
             "n_cells": int(counts.sum()),
-            "n_train": int(train_rows.size),
-            "n_holdout": int(test_rows.size),
+            "n_train": int(plan.train_rows.size),
+            "n_holdout": int(plan.test_rows.size),
             "label_counts": {str(k): int(v) for k, v in zip(label_names, counts, strict=True)},
-            "batch_size": int(batch),
+            "batch_size": int(plan.batch_size),
             "steps": int(steps),
-            "passes_per_epoch": int(passes),
+            "passes_per_epoch": int(plan.passes),
             "train_seconds": round(time.perf_counter() - started, 2),
             "device": str(jax.devices()[0].platform),
         }
-
-
-def _compile(graphdef, tx: optax.GradientTransformation, augment: Augmentation):
-    """Return jitted ``train_step`` and ``evaluate`` over split model state.
-
-    Jitting pure functions of ``(params, opt_state, rest, x, y, key, step)`` with the
-    graph definition closed over avoids ``nnx.jit``'s per-call graph traversal; batch
-    shapes are fixed, so each compiles once. The step's key is derived inside (one
-    dispatch per step, not two), and the parameter and optimiser buffers are donated,
-    so they are updated in place rather than reallocated every step.
-    """
-
-    @partial(jax.jit, donate_argnums=(0, 1))
-    def train_step(params, opt_state, rest, x, y, base_key, step):
-        k_aug, k_drop = jax.random.split(jax.random.fold_in(base_key, step))
-        if augment.active:
-            x = augment(k_aug, x)
-
-        def loss_fn(params):
-            logits = nnx.merge(graphdef, params, rest)(x, key=k_drop)
-            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    @jax.jit
-    def evaluate(params, rest, x):
-        return nnx.merge(graphdef, params, rest)(x)
-
-    return train_step, evaluate

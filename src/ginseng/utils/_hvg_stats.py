@@ -17,7 +17,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .._logging import progress
-from ..data._matrix import check_counts, iter_row_chunks
+from ..data import check_finite_nonnegative, iter_row_chunks
 
 _TARGET_SUM = 1e4
 # Stored values handled at once inside a chunk (bounds the float64 temporaries).
@@ -78,7 +78,7 @@ class ChunkReader:
         chunks = iter_row_chunks(self.matrix, self.chunk_size)
         for rows, chunk in progress(chunks, total=n_chunks, desc="hvg", unit="chunk"):
             if not self.checked:
-                check_counts(chunk, where=self.where)
+                check_finite_nonnegative(chunk, where=self.where)
             scale = _cell_scale(chunk) if normalise else None
             row_offset = self.codes[rows] * self.n_genes
             indptr = chunk.indptr

@@ -20,7 +20,7 @@ from .._errors import InputError
 from .._keys import UNS_KEY, VAR_GENES, VAR_HVG_RANK
 from .._logging import logger, timed
 from .._settings import settings
-from ..data._matrix import get_matrix, matrix_name
+from ..data import get_matrix, matrix_name
 from ._hvg_stats import ChunkReader, mean_var
 
 _FLAVORS = ("seurat_v3", "seurat")

@@ -1,0 +1,214 @@
+"""The pieces of the training loop, shaped as in flax's examples.
+
+- :func:`compile_steps`: the jitted ``train_step`` (one optimiser step on one batch)
+  and ``eval_step`` (logits of one batch), over the split model state;
+- :func:`train_epoch`: one pass of ``train_step`` over a stream of batches;
+- :func:`evaluate`: the holdout logits and labels;
+- :func:`keep_best`: the epoch with the lowest holdout loss so far;
+- :func:`calibrate`: the temperature and the holdout metrics of the kept epoch.
+
+The model is split once (``nnx.split(model, nnx.Param, ...)``) into its graph, its
+trained parameters and the rest (the fixed per-gene preprocessing); the steps are pure
+functions of those, so jax traces each once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable, Iterable
+from functools import partial
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from .augment import Augmentation
+from .calibration import calibration_report, classification_metrics
+
+# Training steps dispatched ahead of the one the loop waits for.
+MAX_IN_FLIGHT = 2
+# Rows per evaluation call (padded), so the holdout pass compiles once.
+EVAL_BATCH = 1024
+
+Batches = Iterable[tuple[np.ndarray, np.ndarray]]
+# The per-epoch record (GinsengModelState.history), one list per column.
+HISTORY_COLUMNS = (
+    "epoch",
+    "train_loss",
+    "holdout_loss",
+    "holdout_accuracy",
+    "holdout_macro_f1",
+    "lr",
+    "seconds",
+)
+
+
+class TrainState(NamedTuple):
+    """What changes from step to step: parameters, optimiser state and step count."""
+
+    params: Any  # nnx.State of the trained parameters
+    opt_state: optax.OptState
+    rest: Any  # nnx.State of everything else (the fixed preprocessing)
+    step: int = 0
+
+
+class Steps(NamedTuple):
+    """The jitted step functions of one model graph and optimiser."""
+
+    train_step: Callable[..., tuple[Any, optax.OptState, jax.Array]]
+    eval_step: Callable[[Any, Any, np.ndarray], jax.Array]
+
+
+class Holdout(NamedTuple):
+    """Holdout logits (cells x labels) and label codes, and their metrics."""
+
+    logits: np.ndarray
+    labels: np.ndarray
+    metrics: dict[str, Any]
+
+    @property
+    def loss(self) -> float:
+        """Mean negative log-likelihood (NaN without holdout cells)."""
+        return self.metrics.get("nll", math.nan)
+
+
+def split_params(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
+    """The model's graph, its trained parameters and the rest (the fixed preprocessing)."""
+    graphdef, params, *rest = nnx.split(model, nnx.Param, ...)
+    return graphdef, params, rest[0]
+
+
+def compile_steps(graphdef: Any, tx: optax.GradientTransformation, augment: Augmentation) -> Steps:
+    """Return the jitted ``train_step`` and ``eval_step`` over split model state.
+
+    ``train_step(params, opt_state, rest, x, y, base_key, step)`` augments the batch,
+    applies dropout and takes one optimiser step, returning ``(params, opt_state,
+    loss)``; ``eval_step(params, rest, x)`` returns logits in evaluation mode.
+
+    Jitting pure functions with the graph definition closed over avoids ``nnx.jit``'s
+    per-call graph traversal; batch shapes are fixed, so each compiles once. The
+    step's key is derived inside (one dispatch per step, not two), and the parameter
+    and optimiser buffers are donated, so they are updated in place rather than
+    reallocated every step.
+    """
+
+    @partial(jax.jit, donate_argnums=(0, 1))
+    def train_step(
+        params: Any,
+        opt_state: optax.OptState,
+        rest: Any,
+        x: jax.Array,
+        y: jax.Array,
+        base_key: jax.Array,
+        step: jax.Array,
+    ) -> tuple[Any, optax.OptState, jax.Array]:
+        k_aug, k_drop = jax.random.split(jax.random.fold_in(base_key, step))
+        if augment.active:
+            x = augment(k_aug, x)
+
+        def loss_fn(params: Any) -> jax.Array:
+            logits = nnx.merge(graphdef, params, rest)(x, key=k_drop)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    @jax.jit
+    def eval_step(params: Any, rest: Any, x: jax.Array) -> jax.Array:
+        return nnx.merge(graphdef, params, rest)(x)
+
+    return Steps(train_step, eval_step)
+
+
+def train_epoch(
+    train_step: Callable[..., Any], state: TrainState, batches: Batches, key: jax.Array
+) -> tuple[TrainState, float]:
+    """Run ``train_step`` on every batch; return the new state and the mean training loss.
+
+    The step's random key is ``fold_in(key, step)``, so the global step count (not the
+    epoch) decides augmentation and dropout.
+    """
+    params, opt_state, step = state.params, state.opt_state, state.step
+    in_flight: deque[jax.Array] = deque()
+    loss_sum, n_losses = 0.0, 0
+    for x, y in batches:
+        params, opt_state, loss = train_step(
+            params, opt_state, state.rest, x, y, key, np.int32(step)
+        )
+        step += 1
+        # jax dispatches asynchronously: unchecked, the loop would read the whole epoch
+        # ahead and hold every batch in memory (~1 GB at 100k cells x 3k genes).
+        # Waiting for the step MAX_IN_FLIGHT back keeps reading and computing
+        # overlapped with bounded memory.
+        in_flight.append(loss)
+        if len(in_flight) > MAX_IN_FLIGHT:
+            loss_sum += float(in_flight.popleft())
+            n_losses += 1
+    n_losses += len(in_flight)
+    loss_sum += sum(float(v) for v in in_flight)
+    mean_loss = loss_sum / n_losses if n_losses else float("nan")
+    return TrainState(params, opt_state, state.rest, step), mean_loss
+
+
+def evaluate(
+    eval_step: Callable[[Any, Any, np.ndarray], jax.Array],
+    state: TrainState,
+    batches: Batches,
+    label_names: np.ndarray,
+) -> Holdout:
+    """Logits of every holdout batch (padded to :data:`EVAL_BATCH` rows) and their metrics."""
+    logits, labels = [], []
+    for x, y in batches:
+        m = len(y)
+        if m < EVAL_BATCH:
+            x = np.concatenate([x, np.zeros((EVAL_BATCH - m, x.shape[1]), x.dtype)])
+        logits.append(np.asarray(eval_step(state.params, state.rest, x))[:m])
+        labels.append(y)
+    if not logits:
+        return Holdout(np.zeros((0, len(label_names)), np.float32), np.zeros(0, np.int32), {})
+    all_logits, all_labels = np.concatenate(logits), np.concatenate(labels)
+    return Holdout(
+        all_logits, all_labels, classification_metrics(all_logits, all_labels, label_names)
+    )
+
+
+def calibrate(holdout: Holdout, label_names: np.ndarray) -> dict[str, Any]:
+    """Fit the temperature on the holdout logits; the metrics before and after it."""
+    return calibration_report(holdout.logits, holdout.labels, label_names)
+
+
+class Best(NamedTuple):
+    """The epoch with the lowest holdout loss so far, with a copy of its parameters."""
+
+    loss: float
+    epoch: int
+    params: Any
+    holdout: Holdout | None
+
+
+def keep_best(best: Best, epoch: int, params: Any, holdout: Holdout) -> Best:
+    """``best``, or this epoch if its holdout loss is lower (or there is no holdout)."""
+    if len(holdout.labels) == 0:
+        return Best(np.inf, epoch, jax.tree.map(jnp.copy, params), holdout)
+    if holdout.loss < best.loss:
+        # A copy: the training step reuses (donates) the buffers of params.
+        return Best(holdout.loss, epoch, jax.tree.map(jnp.copy, params), holdout)
+    return best
+
+
+def history_row(epoch: int, train_loss: float, holdout: Holdout, lr: float) -> dict[str, Any]:
+    """One epoch's entries of the history (all columns but ``seconds``)."""
+    m = holdout.metrics
+    return {
+        "epoch": epoch,
+        "train_loss": train_loss,
+        "holdout_loss": holdout.loss,
+        "holdout_accuracy": m.get("accuracy", float("nan")),
+        "holdout_macro_f1": m.get("macro_f1", float("nan")),
+        "lr": lr,
+    }
