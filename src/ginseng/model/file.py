@@ -190,10 +190,88 @@ def load_model(path: str | os.PathLike) -> GinsengModelState:
             ) from err
 
 
+# Bounds on what a model may declare, far above any real model (the human genome has
+# ~60k genes), so that a damaged or hostile file is refused before anything is read.
+_MAX = {"n_genes": 2_000_000, "n_labels": 100_000, "hidden_dim": 65_536, "n_layers": 64}
+
+
+def _bad(f: h5py.File, part: str, problem: str) -> ModelFormatError:
+    return ModelFormatError(
+        f"{str(f.filename)!r} is a damaged or incomplete ginseng model file: {part} {problem}."
+    )
+
+
+def _check_config(f: h5py.File, config: Any) -> None:
+    """The architecture the file declares: bounded positive sizes."""
+    for key, bound in _MAX.items():
+        value = config.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= bound:
+            raise _bad(f, f"config[{key!r}]", f"is {value!r}; expected an integer in [1, {bound}]")
+
+
+def _check_declared(f: h5py.File, config: dict) -> None:
+    """Shapes and stored sizes of every dataset, from metadata only (nothing read yet)."""
+    for key, n in (("genes", config["n_genes"]), ("labels", config["n_labels"])):
+        if not isinstance(f[key], h5py.Dataset) or f[key].shape != (n,):
+            shape = getattr(f[key], "shape", None)
+            raise _bad(f, key, f"declares shape {shape}; the config says ({n},)")
+    expected = param_shapes(config)
+    declared: dict[str, tuple[int, ...]] = {}
+    f["params"].visititems(
+        lambda name, obj: (
+            declared.__setitem__(name, obj.shape) if isinstance(obj, h5py.Dataset) else None
+        )
+    )
+    if declared != expected:
+        missing = sorted(set(expected) - set(declared))
+        extra = sorted(set(declared) - set(expected))
+        wrong = sorted(k for k in set(expected) & set(declared) if expected[k] != declared[k])
+        detail = ", ".join(f"params/{k} {declared[k]} (expected {expected[k]})" for k in wrong[:3])
+        raise _bad(
+            f,
+            "params",
+            f"do not match the architecture (missing {missing[:5]}, unexpected {extra[:5]}"
+            + (f", wrong shape: {detail}" if detail else "")
+            + ")",
+        )
+    for name in expected:
+        dataset = f[f"params/{name}"]
+        declared_bytes = dataset.size * dataset.dtype.itemsize
+        stored = dataset.id.get_storage_size()
+        # Uncompressed data must be stored in full; allow compression, but not a file
+        # that declares gigabytes it does not hold (they would read as fill values).
+        if declared_bytes > 1000 * stored + (1 << 20):
+            raise _bad(
+                f,
+                f"params/{name}",
+                f"declares {declared_bytes} bytes but the file stores {stored}",
+            )
+
+
+def _check_values(f: h5py.File, params: dict[str, np.ndarray], temperature: float) -> None:
+    for name, value in params.items():
+        finite = np.isfinite(value)
+        if not finite.all():
+            raise _bad(f, f"params/{name}", f"holds {int((~finite).sum())} NaN or infinite values")
+    if not (np.isfinite(temperature) and temperature > 0):
+        raise _bad(
+            f,
+            "calibration/temperature",
+            f"is {temperature!r}; it must be a positive finite number (a negative one would "
+            "invert the ranking, 0 or NaN give NaN probabilities)",
+        )
+
+
 def _read(f: h5py.File) -> GinsengModelState:
     for key in ("genes", "labels", "params", "calibration", *_JSON_FIELDS):
         if key not in f:
             raise KeyError(f"missing {key!r}")
+    values = {key: json.loads(f[key].asstr()[()]) for key in _JSON_FIELDS}
+    for key, value in values.items():
+        if not isinstance(value, dict) and not (key == "settings" and value is None):
+            raise _bad(f, key, f"is a JSON {type(value).__name__}, not an object")
+    _check_config(f, values["config"])
+    _check_declared(f, values["config"])
     params: dict[str, np.ndarray] = {}
 
     def collect(name: str, obj: Any) -> None:
@@ -201,7 +279,7 @@ def _read(f: h5py.File) -> GinsengModelState:
             params[name] = np.asarray(obj[()], dtype=np.float32)
 
     f["params"].visititems(collect)
-    values = {key: json.loads(f[key].asstr()[()]) for key in _JSON_FIELDS}
+    _check_values(f, params, float(f["calibration/temperature"][()]))
     settings = values["settings"]
     if settings is not None:
         settings = GinsengClassifierTrainerSettings.from_dict(settings)
