@@ -48,6 +48,7 @@ def _train(args: argparse.Namespace) -> int:
         layer=args.layer,
         genes=_genes(adata, args.genes),
         group_key=args.group,
+        group_level=args.group is not None,  # --group promises whole groups held out
         epochs=args.epochs,
         seed=args.seed,
     )
