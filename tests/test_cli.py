@@ -536,6 +536,21 @@ def test_errors_exit_1_with_one_line(tmp_path, files, main_model, capsys):
         assert code == 1, args
         assert err.strip().splitlines() == [f"ginseng: error: {message}"], (args, err)
     assert not (tmp_path / "p.csv").exists()
+    # Output paths in missing directories are refused before any training or annotating.
+    nowhere = tmp_path / "no" / "dir"
+    for args, option in [
+        (("train", files.ref, "--labels", "cell_type", "--out", nowhere / "m.h5"), "--out"),
+        (("annotate", files.query, "--model", model, "--table", nowhere / "p.csv"), "--table"),
+        (("annotate", files.query, "--model", model, "--layer", "counts",
+          "--table", tmp_path / "p.csv", "--out", nowhere / "a.h5ad"), "--out"),
+    ]:  # fmt: skip
+        code, out, err = call(capsys, *args)
+        assert code == 1 and out == "", args
+        assert error_line(err) == (
+            f"ginseng: error: {option} {str(args[-1])!r}: directory {str(nowhere)!r} does not "
+            "exist."
+        )
+    assert not (tmp_path / "p.csv").exists()
     # The console script's own exit code and stderr, for one of them.
     result = run("demo", "--out", str(tmp_path), "--n-genes", "100000")
     assert result.returncode == 1 and "Traceback" not in result.stderr
