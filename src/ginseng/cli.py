@@ -34,11 +34,21 @@ def _genes(adata, genes: str | None):
     )
 
 
+def _check_output(path: str | None, option: str) -> None:
+    """Refuse an output path in a missing directory before hours of work, not after."""
+    if path is None:
+        return
+    directory = Path(path).expanduser().parent
+    if not directory.is_dir():
+        raise InputError(f"{option} {path!r}: directory {str(directory)!r} does not exist.")
+
+
 def _train(args: argparse.Namespace) -> int:
     import ginseng as gs
 
     from .data.io import save_model
 
+    _check_output(args.out, "--out")
     adata = _read(args.input, backed=True)
     if args.n_top_genes:
         gs.pp.select_hvgs(adata, n_top_genes=args.n_top_genes, layer=args.layer)
@@ -63,6 +73,8 @@ def _annotate(args: argparse.Namespace) -> int:
 
     from .tl._classify import results_table
 
+    _check_output(args.out, "--out")
+    _check_output(args.table, "--table")
     adata = _read(args.input, backed=True)
     options = {
         "layer": args.layer,
