@@ -43,10 +43,20 @@ def _genes(adata, genes: str | None):
     )
 
 
+def _check_output(path: str | None, option: str) -> None:
+    """Refuse an output path in a missing directory before hours of work, not after."""
+    if path is None:
+        return
+    directory = Path(path).expanduser().parent
+    if not directory.is_dir():
+        raise InputError(f"{option} {path!r}: directory {str(directory)!r} does not exist.")
+
+
 def _train(args: argparse.Namespace) -> int:
     from . import pp, tl
     from .data.io import save_model
 
+    _check_output(args.out, "--out")
     adata = _read(args.input, backed=True)
     if args.n_top_genes:
         pp.select_hvgs(adata, n_top_genes=args.n_top_genes, layer=args.layer)
@@ -56,6 +66,7 @@ def _train(args: argparse.Namespace) -> int:
         layer=args.layer,
         genes=_genes(adata, args.genes),
         group_key=args.group,
+        group_level=args.group is not None,  # --group promises whole groups held out
         epochs=args.epochs,
         seed=args.seed,
     )
@@ -69,6 +80,8 @@ def _annotate(args: argparse.Namespace) -> int:
     from . import tl
     from .data import new_file
 
+    _check_output(args.out, "--out")
+    _check_output(args.table, "--table")
     adata = _read(args.input, backed=True)
     options = {
         "layer": args.layer,
