@@ -96,7 +96,7 @@ def test_demo_end_to_end(tmp_path):
         ds.gene_names, reference.var_names[reference.var["ginseng_genes"]]
     )
     state = load_model(tmp_path / "model.h5")
-    np.testing.assert_array_equal(state.gene_names, ds.gene_names)
+    np.testing.assert_array_equal(state.genes, ds.gene_names)
     query = ad.read_h5ad(tmp_path / "query_annotated.h5ad")
     assert query.n_obs == 142 and "ginseng_cell_type" in query.obs
     accuracy = np.mean(
