@@ -8,6 +8,8 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import anndata as ad
@@ -117,3 +119,54 @@ def test_save_model_on_a_full_disk_keeps_the_old_model(small_disk, toy_trained):
     assert path.read_bytes() == before
     assert list(load_model(path).labels) == list(toy_trained.state.labels)
     assert sorted(p.name for p in disk.iterdir()) == ["filler", "model.h5"]
+
+
+class _Stream(BaseHTTPRequestHandler):
+    """3 MiB of bytes; with Content-Length on /sized, without it on /unsized."""
+
+    def do_GET(self):
+        body = b"\0" * (3 << 20)
+        self.send_response(200)
+        if self.path == "/sized.h5ad":
+            self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        try:
+            for start in range(0, len(body), 65536):
+                self.wfile.write(body[start : start + 65536])
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up when its disk filled
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def stream_server():
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Stream)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.mark.parametrize("name", ["sized", "unsized"])
+def test_download_into_a_full_cache_names_the_cache_file(small_disk, stream_server, name):
+    from ginseng.data.io import read_adata
+
+    disk = small_disk("1m")
+    before = gs.settings.cache_dir
+    gs.settings.cache_dir = disk
+    try:
+        with pytest.raises(gs.WriteError) as info:
+            read_adata(f"{stream_server}/{name}.h5ad")
+    finally:
+        gs.settings.cache_dir = before
+    message = str(info.value)
+    assert f"the download of {stream_server}/{name}.h5ad" in message
+    assert str(disk) in message
+    if name == "sized":  # refused before downloading: the size was announced
+        assert "Not enough free space" in message and "3.0 MiB" in message
+    else:
+        assert "disk is full" in message
+    assert list(disk.iterdir()) == []  # no partial download left in the cache

@@ -86,3 +86,28 @@ def test_linked_folder_escaping_the_store_is_refused(store, tmp_path):
     (store / "X" / "data").symlink_to(outside, target_is_directory=True)
     with pytest.raises(StoreError, match="symbolic link"):
         GinsengDataset(store)
+
+
+def _stream_all(path: Path) -> None:
+    ds = GinsengDataset(path)
+    for _ in ds.stream(64, split="all", shuffle=False):
+        pass
+
+
+def test_gene_index_beyond_the_gene_count_is_refused_when_streaming(store):
+    indices = zarr.open_array(store / "X" / "indices", mode="r+")
+    indices[7] = 50  # the toy store has 50 genes: index 50 does not exist
+    with pytest.raises(StoreError, match=r"X/indices of rows 0-\d+ hold gene index 50") as info:
+        _stream_all(store)
+    assert str(store) in str(info.value) and "50 genes" in str(info.value)
+
+
+def test_training_refuses_a_store_with_bad_gene_indices(store):
+    from ginseng.train import GinsengClassifierTrainer, GinsengClassifierTrainerSettings
+
+    indices = zarr.open_array(store / "X" / "indices", mode="r+")
+    indices[-1] = 10**6
+    ds = GinsengDataset(store)
+    settings = GinsengClassifierTrainerSettings(hidden_dim=8, batch_size=32, min_steps=1)
+    with pytest.raises(StoreError, match="X/indices"):
+        GinsengClassifierTrainer(ds, settings).fit(1)

@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from .. import _keys
-from .._errors import DownloadError, GinsengError, InputError
+from .._errors import DownloadError, GinsengError, InputError, WriteError
 from .._logging import logger, progress
 from .._settings import settings
+from .._write import check_free_space, writing
 from ._declared import check_file
 
 if TYPE_CHECKING:
@@ -358,6 +359,9 @@ def _fetch(url: str, destination: Path, *, desc: str) -> None:
         with urllib.request.urlopen(request, timeout=_DOWNLOAD_TIMEOUT_S) as response:
             length = response.headers.get("Content-Length", "")
             total = int(length) if length.isdigit() else None
+            what = f"the download of {url}"
+            if total is not None:
+                check_free_space(destination.parent, total, what)
             received = 0
             # os.open honours the umask, unlike tempfile's private 0600 files.
             fd = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
@@ -372,9 +376,12 @@ def _fetch(url: str, destination: Path, *, desc: str) -> None:
                 ) as bar,
             ):
                 while chunk := response.read(_DOWNLOAD_CHUNK):
-                    out.write(chunk)
+                    with writing(destination, what, needed=total):
+                        out.write(chunk)
                     received += len(chunk)
                     bar.update(len(chunk))
+    except WriteError:
+        raise
     except urllib.error.HTTPError as error:
         raise DownloadError(
             f"Could not download {url}: HTTP {error.code} {error.reason}."

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import scipy.sparse as sp
 
+from .._errors import StoreError
 from .._validate import positive_int
 from ._chunks import FlatArray
 
@@ -45,27 +46,54 @@ class StreamPlan:
 
 
 class BlockReader:
-    """Reads rows of the store's CSR arrays; ``indptr`` is held in memory."""
+    """Reads rows of the store's CSR arrays; ``indptr`` is held in memory.
 
-    def __init__(self, data: Any, indices: Any, indptr: np.ndarray, n_genes: int) -> None:
+    Every block read is checked before it is used (gene indices within the gene count,
+    values finite and non-negative), so that a damaged store raises a
+    :class:`~ginseng.StoreError` instead of training on wrong batches; the check costs a
+    pass over values just decoded.
+    """
+
+    def __init__(
+        self, data: Any, indices: Any, indptr: np.ndarray, n_genes: int, where: str = "store"
+    ) -> None:
         self._data, self._indices, self._indptr = data, indices, indptr
         self.n_genes = n_genes
+        self.where = where
 
     @classmethod
     def from_group(cls, group: Any, n_genes: int) -> BlockReader:
         """The reader of a store's zarr group (``X/data``, ``X/indices``, ``X/indptr``)."""
         indptr = np.asarray(group["X/indptr"][:], dtype=np.int64)
-        return cls(FlatArray(group["X/data"]), FlatArray(group["X/indices"]), indptr, n_genes)
+        root = getattr(group.store, "root", None)
+        where = f"store {str(root)!r}" if root is not None else "store"
+        return cls(
+            FlatArray(group["X/data"]), FlatArray(group["X/indices"]), indptr, n_genes, where
+        )
 
     def read(self, start: int, stop: int, keep: np.ndarray) -> sp.csr_matrix:
         """Rows ``keep`` (sorted, within ``[start, stop)``) as CSR, from one contiguous read."""
         p0, p1 = int(self._indptr[start]), int(self._indptr[stop])
         local_indptr = self._indptr[start : stop + 1] - p0
-        block = sp.csr_matrix(
-            (self._data[p0:p1], self._indices[p0:p1], local_indptr),
-            shape=(stop - start, self.n_genes),
-        )
+        data, indices = self._data[p0:p1], self._indices[p0:p1]
+        self._check(data, indices, start, stop)
+        block = sp.csr_matrix((data, indices, local_indptr), shape=(stop - start, self.n_genes))
         return block if keep.size == stop - start else block[keep - start]
+
+    def _check(self, data: np.ndarray, indices: np.ndarray, start: int, stop: int) -> None:
+        if not indices.size:
+            return
+        if indices.min() < 0 or indices.max() >= self.n_genes:
+            raise StoreError(
+                f"{self.where.capitalize()} is damaged: X/indices of rows {start}-{stop - 1} "
+                f"hold gene index {int(indices.max())} (or below 0), but the store has "
+                f"{self.n_genes} genes. Recreate it."
+            )
+        if data.dtype.kind == "f" and not (np.isfinite(data).all() and data.min() >= 0):
+            raise StoreError(
+                f"{self.where.capitalize()} is damaged: X/data of rows {start}-{stop - 1} "
+                "holds negative or non-finite counts. Recreate it."
+            )
 
 
 def _blocks(rows: np.ndarray, n_cells: int, block_rows: int) -> list[tuple[int, int, np.ndarray]]:
