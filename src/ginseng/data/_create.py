@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import shutil
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
@@ -29,6 +30,7 @@ from .._write import check_free_space, writing
 from ._chunks import FlatArrayWriter
 from ._inputs import encode_labels, encode_obs_column, select_genes
 from ._matrix import check_finite_nonnegative, get_matrix, iter_row_chunks, matrix_name
+from ._preflight import check_raw_counts
 from ._shuffle import ShardFiles
 
 # Values per compressed chunk of the flat CSR arrays. zarr's per-chunk overhead
@@ -66,11 +68,13 @@ def _route_rows(
     chunk_size: int,
     where: str,
     guard,
+    raw_check: Callable[[sp.csr_matrix], None] | None = None,
 ) -> tuple[int, bool, float]:
     """Pass 1: read the source, validate it, append each row to its shard.
 
     ``guard()`` is the :func:`ginseng._write.writing` context of the store's writes; it
     wraps the appends only, so that errors reading the source keep their own message.
+    ``raw_check``, if given, runs on the first chunk that holds values.
 
     Returns the number of stored values, whether all are integers, and the maximum.
     """
@@ -83,6 +87,9 @@ def _route_rows(
         chunk.eliminate_zeros()
         chunk.sort_indices()
         check_finite_nonnegative(chunk, where=where)
+        if raw_check is not None and chunk.nnz:
+            raw_check(chunk)
+            raw_check = None
         if chunk.nnz:
             all_integer = all_integer and bool(np.array_equal(chunk.data, np.rint(chunk.data)))
             max_value = max(max_value, float(chunk.data.max()))
@@ -241,6 +248,7 @@ def create_store(
     chunk_size: int,
     seed: int,
     source: str | None,
+    check_counts: bool = True,
 ) -> None:
     """Validate ``adata`` and write it as a GinsengDataset store at ``path`` (atomically)."""
     from .. import __version__
@@ -264,6 +272,12 @@ def create_store(
     if needed is not None:
         # Refuse only when clearly too small: the estimate is rough, by a factor of ~2.
         check_free_space(path.parent, needed, f"the GinsengDataset store {str(path)!r}", margin=0.5)
+
+    raw_check = None
+    if check_counts:
+
+        def raw_check(chunk: sp.csr_matrix) -> None:
+            check_raw_counts(chunk, where=matrix_name(layer), layers=list(adata.layers.keys()))
 
     def guard():
         return writing(path, "the GinsengDataset store", needed=needed)
@@ -291,6 +305,7 @@ def create_store(
                 chunk_size,
                 matrix_name(layer),
                 guard,
+                raw_check,
             )
         finally:
             with guard():

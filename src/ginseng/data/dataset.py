@@ -88,6 +88,7 @@ class GinsengDataset:
         *,
         chunk_size: int | None = None,
         seed: int = 0,
+        check_counts: bool = True,
     ) -> GinsengDataset:
         """Write raw counts of ``adata`` to a new store at ``path`` and open it.
 
@@ -127,6 +128,11 @@ class GinsengDataset:
             Defaults to ``ginseng.settings.chunk_size``.
         seed
             Seed of the row shuffle.
+        check_counts
+            Refuse values that look log-normalised or scaled rather than raw counts
+            (checked on the first chunk with values, as :func:`ginseng.tl.classify`
+            does: a model trained on them would be refused by classify later). Negative
+            and non-finite values are always refused.
 
         Returns
         -------
@@ -136,9 +142,10 @@ class GinsengDataset:
         ------
         InputError
             Missing ``label_key``/``group_key``/``layer``, missing or empty labels, no
-            labelled cell, a single label, a ``genes`` column that is missing or not boolean, zero genes, negative or
-            non-finite values, an empty AnnData, an existing ``path`` without
-            ``overwrite=True``.
+            labelled cell, a single label, a ``genes`` column that is missing or not
+            boolean, zero genes, negative or non-finite values, values that look
+            log-normalised or scaled (with ``check_counts``), an empty AnnData, an
+            existing ``path`` without ``overwrite=True``.
 
         Examples
         --------
@@ -183,6 +190,7 @@ class GinsengDataset:
             chunk_size=chunk_size,
             seed=seed,
             source=source,
+            check_counts=check_counts,
         )
         return cls(path)
 

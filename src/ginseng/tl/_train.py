@@ -34,6 +34,7 @@ def train(
     store: str | os.PathLike | None = None,
     settings: GinsengClassifierTrainerSettings | None = None,
     seed: int | None = None,
+    check_counts: bool = True,
     **setting_overrides: Any,
 ) -> GinsengModelState:
     """Train a cell-type classifier on the raw counts of an annotated AnnData.
@@ -74,6 +75,9 @@ def train(
         Seed of the store shuffle, the split, the initial weights, dropout and
         augmentation. ``None`` keeps ``settings.seed`` (0 by default), so a seed given in
         ``settings`` is never silently replaced.
+    check_counts
+        Refuse a matrix that looks log-normalised or scaled rather than raw counts (the
+        check :func:`ginseng.tl.classify` makes; the message names the layer to use).
     **setting_overrides
         Fields of :class:`~ginseng.train.GinsengClassifierTrainerSettings` to change, e.g.
         ``hidden_dim=128, lr=3e-4``.
@@ -145,6 +149,7 @@ def train(
             group_key=group_key,
             overwrite=store is not None,
             seed=settings.seed,
+            check_counts=check_counts,
         )
         _, state = GinsengClassifierTrainer(dataset, settings).fit(epochs)
 
