@@ -102,8 +102,10 @@ def print_versions(*, file: TextIO | None = None) -> None:
     # through this module's own functions), then everything else loaded.
     report = io.StringIO()
     with contextlib.redirect_stdout(report), warnings.catch_warnings():
-        # It reads `module.__version__`, which anndata and scanpy deprecate (same value).
-        warnings.filterwarnings("ignore", "`__version__` is deprecated", FutureWarning)
+        # It reads `module.__version__`, which anndata, scanpy, MarkupSafe and others
+        # deprecate (with FutureWarning or DeprecationWarning; the value is the same).
+        warnings.filterwarnings("ignore", ".*__version__.*deprecated", FutureWarning)
+        warnings.filterwarnings("ignore", ".*__version__.*deprecated", DeprecationWarning)
         session_info.show(
             dependencies=True, html=False, excludes=["builtins", "stdlib_list", *orphans]
         )

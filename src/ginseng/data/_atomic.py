@@ -198,26 +198,17 @@ def _swap_in(staged: Path, path: Path) -> None:
 
 
 @contextlib.contextmanager
-def staged_update(path: str | os.PathLike, what: str) -> Iterator[Path]:
-    """Yield a staged copy of ``path`` to write into; swap it in if the block succeeds.
+def _swap_guarded(path: Path, what: str, stage) -> Iterator[Path]:
+    """Lock ``path``, clean up after a killed run, yield a staged sibling, swap it in.
 
-    ``path`` is an ``.h5ad`` file or a ``.zarr`` directory. On any exception (or a kill)
-    the original is untouched and the staged copy is removed (by the next update of the
-    same path, after a kill). ``what`` names the update in error messages.
+    ``stage(path, staged)`` prepares the sibling (a copy, or nothing for a new file).
     """
-    path = Path(path)
     with _lock(path):
         _recover(path)
         staged = _sibling(path, TMP_TAG)
         try:
-            try:
-                if path.is_dir():
-                    _stage_tree(path, staged)
-                else:
-                    _stage_file(path, staged)
-            except OSError as err:
-                raise write_error(err, staged, f"a staged copy for {what}") from err
-            started = staged.stat().st_mtime
+            stage(path, staged)
+            started = staged.stat().st_mtime if staged.exists() else 0.0
             yield staged
             try:
                 _fsync_tree(staged, started)
@@ -230,23 +221,33 @@ def staged_update(path: str | os.PathLike, what: str) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
+def staged_update(path: str | os.PathLike, what: str) -> Iterator[Path]:
+    """Yield a staged copy of ``path`` to write into; swap it in if the block succeeds.
+
+    ``path`` is an ``.h5ad`` file or a ``.zarr`` directory. On any exception (or a kill)
+    the original is untouched and the staged copy is removed (by the next update of the
+    same path, after a kill). ``what`` names the update in error messages.
+    """
+
+    def copy(path: Path, staged: Path) -> None:
+        try:
+            if path.is_dir():
+                _stage_tree(path, staged)
+            else:
+                _stage_file(path, staged)
+        except OSError as err:
+            raise write_error(err, staged, f"a staged copy for {what}") from err
+
+    with _swap_guarded(Path(path), what, copy) as staged:
+        yield staged
+
+
+@contextlib.contextmanager
 def new_file(path: str | os.PathLike, what: str) -> Iterator[Path]:
     """Yield a temporary sibling to write a new file into; rename it to ``path`` at the end.
 
     ``path`` holds either nothing (or its previous content) or the complete new file,
     whenever the process dies; leftovers of a killed run are removed by the next one.
     """
-    path = Path(path)
-    with _lock(path):
-        _recover(path)
-        staged = _sibling(path, TMP_TAG)
-        try:
-            yield staged
-            try:
-                _fsync_tree(staged, 0.0)
-                _swap_in(staged, path)
-            except OSError as err:
-                raise write_error(err, path, what) from err
-        finally:
-            if staged.exists():
-                _remove(staged)
+    with _swap_guarded(Path(path), what, lambda path, staged: None) as staged:
+        yield staged

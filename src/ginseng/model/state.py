@@ -7,10 +7,8 @@ rebuilt (and its forward pass compiled once) on the first prediction.
 from __future__ import annotations
 
 import hashlib
-import platform
 import warnings
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -22,35 +20,12 @@ if TYPE_CHECKING:
 
     from .network import GinsengClassifier
 
-_PACKAGES = (
-    "ginseng",
-    "jax",
-    "jaxlib",
-    "flax",
-    "optax",
-    "numpy",
-    "scipy",
-    "anndata",
-    "h5py",
-    "zarr",
-)
 # Rows per compiled forward call; smaller inputs use the next power of two so that few
 # distinct shapes are ever compiled.
 PREDICT_BATCH = 4096
 # Sparse input below this density skips the zeros in the first layer (exact, see
 # network.first_linear_sparse); denser input goes through the dense compiled network.
 SPARSE_MAX_DENSITY = 0.25
-
-
-def package_versions() -> dict[str, str]:
-    """Versions of Python and the packages a model depends on."""
-    versions = {"python": platform.python_version()}
-    for name in _PACKAGES:
-        try:
-            versions[name] = version(name)
-        except PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
 
 
 def data_fingerprint(genes: np.ndarray, labels: np.ndarray, label_counts: np.ndarray) -> str:

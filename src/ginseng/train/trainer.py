@@ -20,8 +20,9 @@ from .._logging import logger
 from .._logging import progress as progress_bar
 from .._trainer_settings import GinsengClassifierTrainerSettings
 from .._validate import positive_int
+from ..logging import versions
 from ..model.network import GinsengClassifier, flat_params, gene_statistics, network_config
-from ..model.state import GinsengModelState, data_fingerprint, package_versions
+from ..model.state import GinsengModelState, data_fingerprint
 from ._loop import (
     EVAL_BATCH,
     HISTORY_COLUMNS,
@@ -359,7 +360,7 @@ class GinsengClassifierTrainer:
         counts = np.bincount(np.asarray(ds.labels), minlength=len(label_names))
         return {
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "versions": package_versions(),
+            "versions": versions(),
             "seed": self.settings.seed,
             "data_fingerprint": data_fingerprint(ds.gene_names, label_names, counts),
             "store": str(getattr(ds, "path", "")),
