@@ -169,8 +169,9 @@ def test_confusion_of_classify_output(pbmc, normalize):
     assert (pred == "Unassigned").any()  # the threshold leaves some cells unassigned
     ax = gs.pl.confusion(query, "bulk_labels", normalize=normalize, show=False)
     rows, cols = tick_texts(ax.get_yticklabels()), tick_texts(ax.get_xticklabels())
-    # Every true label is also a model label: all rows are shared, in the truth's order;
-    # columns are the model's labels (also those never predicted), then Unassigned.
+    # Every true label is also a model label (the plot reads the model's labels from
+    # classify's record): all rows are shared, in the truth's order; columns are the
+    # model's labels (also those never predicted), then Unassigned.
     present = [c for c in truth.cat.categories if (truth == c).any()]
     assert rows == present
     assert cols == [*present, "Unassigned"]
@@ -210,7 +211,8 @@ def test_confidence_of_classify_output(pbmc):
     counts = [int((pred == c).sum()) for c in present]
     ticks = [f"{c} (n={n})" for c, n in zip(present, counts, strict=True)]
     assert tick_texts(ax.get_xticklabels()) == ticks
-    assert "Unassigned" in present and len(present) < len(pred.cat.categories)
+    # classify keeps only the labels some cell received as categories.
+    assert "Unassigned" in present and present == list(pred.cat.categories)
     medians = [np.median(conf[pred == c]) for c in present]
     dots = ax.collections[-1].get_offsets()
     np.testing.assert_allclose(dots[:, 0], np.arange(len(present)))

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from .._errors import InputError
-from .._keys import DEFAULT_KEYS
+from .._keys import DEFAULT_KEYS, ResultKeys
 from .._logging import logger
 from ._utils import (
     check_adata,
@@ -32,16 +33,22 @@ _ANNOTATE_MAX = 20
 
 
 def confusion_table(
-    true: pd.Series, pred: pd.Series, *, normalize: str | None = "true"
+    true: pd.Series,
+    pred: pd.Series,
+    *,
+    normalize: str | None = "true",
+    possible: list[str] | None = None,
 ) -> pd.DataFrame:
     """Confusion matrix of two label columns as a DataFrame (rows true, columns predicted).
 
     Labels found on both sides come first, in the order of ``true``, so that they line
     up on the diagonal: rows are the true labels present, columns the labels predicted
     for at least one cell plus any true label the predictor could output (a category of
-    ``pred``). True labels the predictor cannot output come last among the rows, and
-    predicted labels unknown to the truth (e.g. ``"Unassigned"``) last among the
-    columns. Cells missing either label are left out.
+    ``pred``, or one of ``possible``: the labels of the model that made ``pred``, which
+    classify records because its categories hold only the labels some cell received).
+    True labels the predictor cannot output come last among the rows, and predicted
+    labels unknown to the truth (e.g. ``"Unassigned"``) last among the columns. Cells
+    missing either label are left out.
     """
     _check_normalize(normalize)
     valid = true.notna().to_numpy() & pred.notna().to_numpy()
@@ -52,11 +59,11 @@ def confusion_table(
     true, pred = true[valid], pred[valid]
     rows = observed_order(true)
     predicted = observed_order(pred)
-    possible = set(predicted)
+    can_output = set(predicted) | {str(c) for c in possible or ()}
     if isinstance(pred.dtype, pd.CategoricalDtype):
-        possible |= {str(c) for c in pred.cat.categories}
-    shared = [r for r in rows if r in possible]
-    rows = shared + [r for r in rows if r not in possible]
+        can_output |= {str(c) for c in pred.cat.categories}
+    shared = [r for r in rows if r in can_output]
+    rows = shared + [r for r in rows if r not in can_output]
     cols = shared + [p for p in predicted if p not in set(rows)]
     counts = np.zeros((len(rows), len(cols)), np.int64)
     r = pd.Index(rows).get_indexer(true.astype(str).to_numpy())
@@ -178,7 +185,9 @@ def confusion(
             )
         true = obs_column(adata, true_key)
         pred = obs_column(adata, pred_key, " (run ginseng.tl.classify first?)")
-        table = confusion_table(true, pred, normalize=normalize)
+        table = confusion_table(
+            true, pred, normalize=normalize, possible=_model_labels(adata, pred_key)
+        )
         title = "Confusion matrix"
         xlabel, ylabel = f"predicted ({pred_key})", f"true ({true_key})"
 
@@ -234,3 +243,15 @@ def _annotate(ax, values: np.ndarray, vmax: float, *, integer: bool) -> None:
         text = f"{int(value)}" if integer or value == 0 else f"{value:.2f}"
         color = "white" if value > 0.6 * vmax else "black"
         ax.text(j, i, text, ha="center", va="center", color=color, fontsize=size)
+
+
+def _model_labels(adata: Any, pred_key: str) -> list[str] | None:
+    """The labels of the model behind ``pred_key``, when classify wrote that column."""
+    for suffix in ("_cell_type", "_majority_vote"):
+        if pred_key.endswith(suffix):
+            keys = ResultKeys.from_prefix(pred_key.removesuffix(suffix))
+            entry = adata.uns.get(keys.uns, {})
+            record = entry.get("classify", {}) if isinstance(entry, Mapping) else {}
+            labels = record.get("labels") if isinstance(record, Mapping) else None
+            return [str(x) for x in labels] if labels is not None else None
+    return None
