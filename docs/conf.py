@@ -80,6 +80,7 @@ intersphinx_mapping = {
     for name, url in {
         "python": "https://docs.python.org/3",
         "numpy": "https://numpy.org/doc/stable",
+        "scipy": "https://docs.scipy.org/doc/scipy",
         "pandas": "https://pandas.pydata.org/docs",
         "anndata": "https://anndata.readthedocs.io/en/stable",
         "scanpy": "https://scanpy.readthedocs.io/en/stable",
@@ -96,6 +97,10 @@ _PUBLIC_NAMES = {
     "jax.jaxlib._jax.Array": "jax.Array",
     "flax.nnx.module.Module": "flax.nnx.Module",
     "Path": "pathlib.Path",
+    "np.ndarray": "numpy.ndarray",
+    "pd.DataFrame": "pandas.DataFrame",
+    "scipy.sparse._csr.csr_matrix": "scipy.sparse.csr_matrix",
+    "sp.csr_matrix": "scipy.sparse.csr_matrix",
 }
 # Short references in docstrings of train/ and model/ (being reorganised) that resolve on
 # their own pages but not in the autosummary tables; qualify them, then drop these.
@@ -107,6 +112,8 @@ nitpick_ignore = [
     ("py:attr", "labels"),
     ("py:func", "network_config"),
     ("py:func", "first_linear_sparse"),
+    # A typing.Literal alias in tl.kernel's signatures; its values are in the docstring.
+    ("py:class", "CountCheck"),
 ]
 
 # Markdown and notebooks

@@ -54,8 +54,10 @@ class GeneAlignment:
         For each model gene (model order), its column in the query, or -1 if missing.
     n_query_genes
         Number of columns of the query matrix.
-    model_id_type, query_id_type
-        ``"ensembl"`` or ``"symbol"``.
+    model_id_type
+        ``"ensembl"`` or ``"symbol"``: the kind of the model's gene names.
+    query_id_type
+        ``"ensembl"`` or ``"symbol"``: the kind of the query's names used.
     """
 
     source: str

@@ -247,11 +247,11 @@ def write_synthetic_h5ad(
     seed: int = 0,
     noise_seed: int | None = None,
 ) -> Path:
-    """Write :func:`synthetic_counts` to an ``.h5ad`` file, ``chunk_size`` cells at a time.
+    """Write :func:`~ginseng.datasets.synthetic_counts` to an ``.h5ad`` file, ``chunk_size`` cells at a time.
 
     Memory stays bounded by ``chunk_size`` whatever ``n_cells`` (the tutorial's million
     cells by 2,000 genes: about a minute, 0.6 GB peak). The file holds exactly the
-    AnnData that :func:`synthetic_counts` returns with the same arguments, whatever
+    AnnData that :func:`~ginseng.datasets.synthetic_counts` returns with the same arguments, whatever
     ``chunk_size``; ``X`` is CSR with 64-bit ``indptr``, so it can be read backed
     (``anndata.read_h5ad(path, backed="r")``). The file appears at ``path`` only once
     complete.

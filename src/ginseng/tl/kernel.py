@@ -1,6 +1,6 @@
 """The numbers of :func:`ginseng.tl.classify`: a pure per-chunk kernel and its serial loop.
 
-:func:`classify_chunk` takes one block of query rows (CSR or dense counts, the query's
+:func:`~ginseng.tl.kernel.classify_chunk` takes one block of query rows (CSR or dense counts, the query's
 columns), the gene alignment and the model, and returns that block's predictions. It
 reads and writes no AnnData, file, setting or global state, so a loop over chunks (the
 serial driver :func:`classify_chunks` used by ``tl.classify``) and a ``map_blocks`` over
@@ -153,7 +153,7 @@ def classify_chunks(
     layers: Iterable[str] = (),
     probabilities: bool = True,
 ) -> ChunkResult:
-    """Run :func:`classify_chunk` over ``matrix``, ``batch_size`` rows at a time.
+    """Run :func:`~ginseng.tl.kernel.classify_chunk` over ``matrix``, ``batch_size`` rows at a time.
 
     The serial driver of :func:`ginseng.tl.classify`: reads the matrix (in memory,
     backed or an anndata sparse dataset) a block at a time with a progress bar and
