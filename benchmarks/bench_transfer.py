@@ -457,25 +457,35 @@ def label_maps(infos: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def header(args: argparse.Namespace, load: dict) -> str:
-    cmd = " ".join(
-        shlex.quote(a) for a in ["python", "benchmarks/bench_transfer.py", *sys.argv[1:]]
+def _command(argv: list[str]) -> str:
+    return " ".join(shlex.quote(a) for a in ["python", "benchmarks/bench_transfer.py", *argv[1:]])
+
+
+def header(args: argparse.Namespace, loads: list[dict], commands: list[str]) -> str:
+    runs_on = "; ".join(
+        f"`{c}` started {ld['start_utc']}, load average 1/5/15 min at start {ld['start']}, "
+        f"at its last run {ld.get('last')}"
+        for c, ld in zip(commands, loads, strict=True)
     )
     return "\n".join(
         [
             "# Transfer benchmark (reference and query from different studies)",
             "",
-            f"Command: `{cmd}`",
+            "Command"
+            + ("s (results appended with `--append`)" if len(commands) > 1 else "")
+            + ": "
+            + "; ".join(f"`{c}`" for c in commands),
             "",
-            f"Run {load['start_utc']} on {platform.machine()}, {os.cpu_count()} CPUs shared with "
-            f"other jobs (load average 1/5/15 min at start {load['start']}, at the last run "
-            f"{load['last']}); ginseng {_version('ginseng')}, celltypist {_version('celltypist')}, "
+            f"Machine: {platform.machine()}, {os.cpu_count()} CPUs shared with other jobs. "
+            f"Runs: {runs_on}. ginseng {_version('ginseng')}, celltypist {_version('celltypist')}, "
             f"scikit-learn {_version('scikit-learn')}, scanpy {_version('scanpy')}, "
             f"jax {_version('jax')}. Timings on a loaded machine are indicative; compare within a row group.",
             "",
             "Each method runs in its own process, one at a time, on the same raw-count reference "
             "and query. Mean ± sd over seeds (seed changes ginseng's shuffle/split/init and "
-            "LogisticRegression's random_state; CellTypist's lbfgs fit is deterministic). "
+            "LogisticRegression's random_state, which its lbfgs solver does not use: CellTypist and "
+            "LogisticRegression are deterministic, so where time was short they ran for fewer "
+            "seeds than ginseng; `ok / runs` counts the runs). "
             "References and queries above 20,000 cells are subsampled once with seed 0. "
             "Macro-F1 averages over the labels present in the query; ECE: 15 equal-width bins on "
             "the max probability (`peers.expected_calibration_error`, as bench_accuracy.py; "
@@ -492,7 +502,7 @@ def header(args: argparse.Namespace, load: dict) -> str:
     )
 
 
-def write(args, runs, infos, load) -> None:
+def write(args, runs, infos, loads, commands) -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     failures = [r for r in runs if r["status"] != "ok"]
@@ -504,11 +514,32 @@ def write(args, runs, infos, load) -> None:
         or ["none"]
     )
     report = "\n\n".join(
-        [header(args, load), tables(runs, infos), "\n".join(fail_lines), label_maps(infos)]
-    )
+        [header(args, loads, commands), tables(runs, infos), "\n".join(fail_lines),
+         label_maps(infos)]
+    )  # fmt: skip
     out.write_text(report + "\n")
-    payload = {"command": sys.argv, "load_average": load, "tasks": infos, "runs": runs}
-    out.with_name(out.stem + "_runs.json").write_text(json.dumps(payload, indent=1) + "\n")
+    payload = {"commands": commands, "load_average": loads, "tasks": infos, "runs": runs}
+    _runs_path(out).write_text(json.dumps(payload, indent=1) + "\n")
+
+
+def _runs_path(out: Path) -> Path:
+    return out.with_name(out.stem + "_runs.json")
+
+
+def _previous(out: Path) -> tuple[list[dict], dict, list[dict], list[str]]:
+    """Runs, task descriptions, load averages and commands already in ``out``'s JSON."""
+    path = _runs_path(out)
+    if not path.exists():
+        return [], {}, [], []
+    payload = json.loads(path.read_text())
+    loads = payload["load_average"]
+    commands = payload.get("commands") or [_command(payload["command"])]
+    return (
+        payload["runs"],
+        payload["tasks"],
+        loads if isinstance(loads, list) else [loads],
+        commands,
+    )
 
 
 def run_one(task: str, method: str, seed: int, cache_dir: str | None, timeout: int) -> list[dict]:
@@ -534,6 +565,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cache-dir", default=None, help="dataset cache (default benchmarks/.cache)")
     p.add_argument("--timeout", type=int, default=1800, help="seconds per method run")
     p.add_argument("--out", default=str(RESULTS / "transfer.md"))
+    p.add_argument(
+        "--append", action="store_true",
+        help="keep the runs already in the results JSON and add these (e.g. more seeds)",
+    )  # fmt: skip
     p.add_argument("--child", nargs=3, metavar=("TASK", "METHOD", "SEED"), help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -553,7 +588,9 @@ def main(argv: list[str] | None = None) -> None:
         "start_utc": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "start": [round(x, 2) for x in os.getloadavg()],
     }
-    infos = {}
+    runs, infos, loads, commands = _previous(Path(args.out)) if args.append else ([], {}, [], [])
+    loads.append(load)
+    commands.append(_command(sys.argv))
     for name in args.tasks:
         _, _, infos[name] = prepare(TASKS[name], args.cache_dir)
         print(
@@ -565,7 +602,6 @@ def main(argv: list[str] | None = None) -> None:
             ),
             flush=True,
         )
-    runs: list[dict] = []
     for seed in args.seeds:
         for name in args.tasks:
             for method in args.methods:
@@ -584,7 +620,7 @@ def main(argv: list[str] | None = None) -> None:
                         msg = "FAILED " + row.get("error", "")[:300]
                     print(f"[{name} | seed {seed} | {row['method']}] {msg} "
                           f"[{time.perf_counter() - t0:.0f}s, load {load['last']}]", flush=True)  # fmt: skip
-                write(args, runs, infos, load)
+                write(args, runs, infos, loads, commands)
     print(f"wrote {args.out}")
 
 
