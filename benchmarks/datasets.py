@@ -61,10 +61,13 @@ _SOURCES: dict[str, tuple[str, dict[str, str]]] = {
         },
     ),
 }
-_BARON_INNER = (
-    "raw-Baron_human.h5ad",
-    "c0fca7f46d5ae82d8b5753ed5ce246cded66e2e870face389bd11084aab17700",
-)
+# Members of came's sample_data.zip -> sha256 of the extracted bytes.
+_CAME_INNER = {
+    "raw-Baron_human.h5ad": "c0fca7f46d5ae82d8b5753ed5ce246cded66e2e870face389bd11084aab17700",
+    "raw-Baron_mouse.h5ad": "5b6a0c474990e2968a9c6bbfb882ccb69e063d9c5386011198f099a25bcc31ed",
+    # Ensembl one-to-one human/mouse orthologs (columns gene.name, human.gene.name, ...).
+    "gene_matches_1v1_mouse2human.csv": "99377ed3c7967e414c5a0a2cb8d228093671c1df32d9cabf1e26fbf9c4bdeacb",
+}
 
 LIU_COARSE = {
     "B_Mem": "B",
@@ -178,9 +181,10 @@ def _liu2021_pbmc(cache_dir: Path) -> ad.AnnData:
     return _finish(adata, label)
 
 
-def _baron_human(cache_dir: Path) -> ad.AnnData:
+def _came_member(name: str, cache_dir: Path) -> Path:
+    """Cached, hash-checked path of ``name`` from came's ``sample_data.zip``."""
     outer = _fetch_member("came==0.1.13", "came/sample_data.zip", cache_dir)
-    name, expected = _BARON_INNER
+    expected = _CAME_INNER[name]
     inner = outer.parent / name
     if not inner.exists():
         with zipfile.ZipFile(outer) as zf:
@@ -189,9 +193,40 @@ def _baron_human(cache_dir: Path) -> ad.AnnData:
         inner.write_bytes(data)
     else:
         _check_hash(inner.read_bytes(), expected, str(inner))
-    adata = ad.read_h5ad(inner)
+    return inner
+
+
+def _baron(name: str, cache_dir: Path) -> ad.AnnData:
+    adata = ad.read_h5ad(_came_member(name, cache_dir))
     adata.obs["donor"] = adata.obs["donor"].astype("category")
     return _finish(adata, adata.obs["cell_type1"].astype(str))
+
+
+def _baron_human(cache_dir: Path) -> ad.AnnData:
+    return _baron("raw-Baron_human.h5ad", cache_dir)
+
+
+def _baron_mouse(cache_dir: Path) -> ad.AnnData:
+    return _baron("raw-Baron_mouse.h5ad", cache_dir)
+
+
+def mouse_to_human(adata: ad.AnnData, cache_dir: str | Path | None = None) -> ad.AnnData:
+    """Mouse genes renamed to their human one-to-one orthologs; the others are dropped.
+
+    The ortholog table is ``gene_matches_1v1_mouse2human.csv`` from came's sample data
+    (Ensembl one-to-one homology), so both sides of a cross-species task share names.
+    """
+    if cache_dir is None:
+        cache_dir = os.environ.get("GINSENG_BENCH_CACHE", DEFAULT_CACHE)
+    table = pd.read_csv(_came_member("gene_matches_1v1_mouse2human.csv", Path(cache_dir)))
+    to_human = dict(zip(table["gene.name"], table["human.gene.name"], strict=True))
+    keep = np.flatnonzero(adata.var_names.isin(list(to_human)))
+    out = adata[:, keep].copy()
+    out.var_names = pd.Index([to_human[g] for g in out.var_names])
+    if not out.var_names.is_unique:
+        raise DownloadError("the one-to-one ortholog table maps two mouse genes to one human gene")
+    out.uns["orthologs"] = {"n_mouse_genes": adata.n_vars, "n_one_to_one": out.n_vars}
+    return out
 
 
 def _cbmc(cache_dir: Path) -> ad.AnnData:
@@ -252,6 +287,7 @@ def _pbmc68k_reduced(cache_dir: Path) -> ad.AnnData:
 LOADERS: dict[str, Callable[[Path], ad.AnnData]] = {
     "liu2021_pbmc": _liu2021_pbmc,
     "baron_human": _baron_human,
+    "baron_mouse": _baron_mouse,
     "cbmc": _cbmc,
     "zeisel": _zeisel,
     "pbmc68k_reduced": _pbmc68k_reduced,

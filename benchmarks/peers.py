@@ -75,13 +75,21 @@ def _warm_joblib(n_jobs: int) -> None:
 
 
 def run_celltypist(
-    train_adata: ad.AnnData, test_adata: ad.AnnData, label_key: str, seed: int, *, n_jobs: int = 2
+    train_adata: ad.AnnData,
+    test_adata: ad.AnnData,
+    label_key: str,
+    seed: int,
+    *,
+    n_jobs: int = 2,
+    feature_selection: bool = False,
 ) -> PeerResult:
     """Train CellTypist 1.7.1 with default settings and annotate ``test_adata``.
 
     Defaults: L2 logistic regression (lbfgs, one-vs-rest, C=1) on scaled log1p CP10k
     input, no SGD, no feature selection; annotation in "best match" mode without majority
-    voting. Probabilities are CellTypist's per-class sigmoids of the decision scores (they
+    voting. ``feature_selection=True`` is CellTypist's own two-pass mode (a first fit, then
+    a refit on the union of each label's top 300 genes). CellTypist matches the query's
+    genes to the model's by name itself. Probabilities are CellTypist's per-class sigmoids of the decision scores (they
     do not sum to 1; their max is CellTypist's ``conf_score``). CellTypist's lbfgs fit has
     no randomness, so ``seed`` is accepted only for a uniform runner signature.
     """
@@ -97,7 +105,7 @@ def run_celltypist(
         check_expression=True,
         n_jobs=n_jobs,
         use_SGD=False,
-        feature_selection=False,
+        feature_selection=feature_selection,
     )
     train_s = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -123,16 +131,23 @@ def run_logreg(
     max_iter: int = 1000,
     C: float = 1.0,
 ) -> PeerResult:
-    """Multinomial L2 logistic regression (lbfgs) on log1p CP10k, no scaling."""
+    """Multinomial L2 logistic regression (lbfgs) on log1p CP10k, no scaling.
+
+    Each side is normalised over all its own genes; the model is fitted on the training
+    genes that ``test_adata`` also has (all of them when both share one gene list).
+    """
     from sklearn.linear_model import LogisticRegression
 
     t0 = time.perf_counter()
-    train = log_cp10k(train_adata)
+    shared = train_adata.var_names[train_adata.var_names.isin(test_adata.var_names)]
+    if shared.size == 0:
+        raise ValueError("the training and test data share no gene names")
+    train = log_cp10k(train_adata)[:, shared]
     clf = LogisticRegression(C=C, max_iter=max_iter, random_state=seed)
     clf.fit(train.X, train_adata.obs[label_key].astype(str).to_numpy())
     train_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    proba = clf.predict_proba(log_cp10k(test_adata).X)
+    proba = clf.predict_proba(log_cp10k(test_adata)[:, shared].X)
     predict_s = time.perf_counter() - t0
     return PeerResult.from_proba(proba, clf.classes_, train_s, predict_s)
 
