@@ -458,7 +458,9 @@ def test_min_gene_overlap(files, main_model, reference_table, capsys, tmp_path):
     code, _, err = call(capsys, "annotate", files.query, "--model", model, "--layer", "counts",
                         "--table", table, "--min-gene-overlap", "1.5")  # fmt: skip
     assert code == 1
-    assert error_line(err) == "ginseng: error: min_gene_overlap must be a number in [0, 1], got 1.5."
+    assert (
+        error_line(err) == "ginseng: error: min_gene_overlap must be a number in [0, 1], got 1.5."
+    )
 
 
 def test_batch_size(files, main_model, reference_table, capsys, tmp_path):
