@@ -131,19 +131,33 @@ class GinsengClassifier(nnx.Module):
         )
         self.head = nnx.Linear(hidden, config["n_labels"], kernel_init=_lecun_uniform, rngs=rngs)
 
-    def preprocess(self, x: jax.Array) -> jax.Array:
-        """Apply the fixed preprocessing to a batch of raw counts."""
+    def preprocess(self, x: jax.Array, *, present: jax.Array | None = None) -> jax.Array:
+        """Apply the fixed preprocessing to a batch of raw counts.
+
+        ``present`` (one value per gene, 1 for measured genes and 0 for genes the query
+        lacks) marks genes whose value is *unknown*: they are set to 0 after
+        preprocessing, i.e. to the training mean when the model standardises (see
+        :func:`missing_genes_note`). ``None`` means every gene was measured.
+        """
         cfg = self.config
         h = log_normalize(
             x.astype(jnp.float32), normalize=cfg["normalize"], target_sum=cfg["target_sum"]
         )
         if cfg["standardize"]:
             h = jnp.clip((h - self.gene_mean[...]) * self.gene_scale[...], -CLIP, CLIP)
+        if present is not None:
+            h = jnp.where(present > 0, h, 0.0)
         return h
 
-    def __call__(self, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
-        """Return logits (cells x labels) for a batch of raw counts (cells x genes)."""
-        return self.from_first_linear(self.blocks[0].linear(self.preprocess(x)), key=key)
+    def __call__(
+        self, x: jax.Array, *, key: jax.Array | None = None, present: jax.Array | None = None
+    ) -> jax.Array:
+        """Return logits (cells x labels) for a batch of raw counts (cells x genes).
+
+        ``present`` marks the measured genes (see :meth:`preprocess`).
+        """
+        h = self.preprocess(x, present=present)
+        return self.from_first_linear(self.blocks[0].linear(h), key=key)
 
     def from_first_linear(self, z: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
         """Return logits given ``z``, the first Linear layer's output for a batch.
@@ -160,7 +174,11 @@ class GinsengClassifier(nnx.Module):
 
 
 def first_linear_sparse(
-    config: dict[str, Any], params: dict[str, np.ndarray], X: sp.csr_matrix
+    config: dict[str, Any],
+    params: dict[str, np.ndarray],
+    X: sp.csr_matrix,
+    *,
+    missing: np.ndarray | None = None,
 ) -> np.ndarray:
     """The first Linear layer's output for raw counts ``X`` (CSR), from its non-zeros only.
 
@@ -169,6 +187,11 @@ def first_linear_sparse(
     ``(h0 @ W + b) + D @ W`` with ``D`` non-zero only where ``x`` is: ``nnz x hidden``
     operations instead of ``n_genes x hidden`` per cell. The clip is applied to each
     value exactly as in :meth:`GinsengClassifier.preprocess`.
+
+    ``missing`` (boolean, one per gene) marks genes the query lacks: their value is
+    unknown, not zero, so their ``h0`` is 0 (the training mean after standardisation),
+    as in :meth:`GinsengClassifier.preprocess` with ``present = ~missing``. Their
+    columns of ``X`` must be empty.
     """
     kernel = params["blocks/0/linear/kernel"]
     bias = params["blocks/0/linear/bias"]
@@ -186,6 +209,8 @@ def first_linear_sparse(
     if config["standardize"]:
         mean, scale = params["gene_mean"], params["gene_scale"]
         h0 = np.clip(-mean * scale, -CLIP, CLIP)
+        if missing is not None:
+            h0 = np.where(np.asarray(missing, bool), np.float32(0.0), h0).astype(np.float32)
         values = np.clip((values - mean[X.indices]) * scale[X.indices], -CLIP, CLIP)
         values = values - h0[X.indices]
         offset = h0 @ kernel + bias
@@ -193,6 +218,16 @@ def first_linear_sparse(
         offset = bias
     D = sp.csr_matrix((values.astype(np.float32), X.indices, X.indptr), shape=X.shape)
     return np.asarray(D @ kernel, dtype=np.float32) + offset.astype(np.float32)
+
+
+def missing_genes_note(config: dict[str, Any]) -> str:
+    """How a model built from ``config`` reads genes the query lacks (for ``uns``).
+
+    ``"mean-imputed"`` when the model standardises (a missing gene is set to its
+    training mean, 0 in standardised space); otherwise ``"zero-filled"`` (without
+    standardisation there is no stored mean, and 0 is log1p of a zero count).
+    """
+    return "mean-imputed" if config.get("standardize", True) else "zero-filled"
 
 
 def gene_statistics(

@@ -227,6 +227,7 @@ class GinsengClassifierTrainer:
         metrics = calibrate(best.holdout, label_names)
         metrics["best_epoch"] = int(best.epoch)
         metrics["holdout_fraction"] = plan.realised_fraction
+        metrics.update(self._calibration_split(plan, metrics["ece"]))
         model_state = GinsengModelState(
             params=flat_params(model),
             config=model.config,
@@ -241,6 +242,32 @@ class GinsengClassifierTrainer:
         return FitResult(model, model_state)
 
     # ------------------------------------------------------------------ pieces
+    def _calibration_split(self, plan: _Plan, ece: float) -> dict[str, Any]:
+        """What the temperature was fitted on: random cells or whole held-out groups.
+
+        With ``group_level`` the holdout is made of whole groups (donors, batches) the
+        network never saw, so its ECE (``ece_heldout_groups``) estimates the calibration
+        on a new group; a random-cell holdout shares donors and batches with training and
+        says little about a new lab (see the calibration page of the docs).
+        """
+        ds = self.dataset
+        if not self.settings.group_level or ds.group_names is None:
+            if ds.group_names is not None:
+                logger.info(
+                    "the temperature is fitted on random held-out cells; group_level=True "
+                    "fits it on whole held-out groups (%d in the store), which predicts the "
+                    "calibration on a new batch or study better",
+                    len(ds.group_names),
+                )
+            return {"calibration_split": "cells"}
+        held = np.unique(ds.groups[plan.test_rows])
+        return {
+            "calibration_split": "groups",
+            "n_heldout_groups": int(held.size),
+            "heldout_groups": [str(g) for g in ds.group_names[held]],
+            "ece_heldout_groups": float(ece),
+        }
+
     def _plan(self, epochs: int) -> _Plan:
         """Make the holdout split; choose the batch size and the passes per epoch."""
         s, ds = self.settings, self.dataset
