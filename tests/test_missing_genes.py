@@ -16,7 +16,7 @@ import pytest
 import scipy.sparse as sp
 
 import ginseng as gs
-from ginseng.model.network import first_linear_sparse
+from ginseng.model.network import first_linear_sparse, present_share
 from ginseng.tl import kernel
 
 
@@ -30,16 +30,29 @@ def query(make_toy):
 def _drop(adata, fraction, seed):
     """The query without ``fraction`` of its genes (chosen at random); the dropped names."""
     rng = np.random.default_rng(seed)
-    dropped = rng.choice(adata.n_vars, int(round(fraction * adata.n_vars)), replace=False)
+    dropped = rng.choice(adata.n_vars, round(fraction * adata.n_vars), replace=False)
     keep = np.setdiff1d(np.arange(adata.n_vars), dropped)
     return adata[:, keep].copy(), adata.var_names[dropped]
 
 
+def _expected_share(state, missing):
+    """Share of the counts the present genes carry, from the log-normal moments."""
+    p = state.params
+    mean, std = p["gene_mean"].astype(np.float64), 1.0 / p["gene_scale"].astype(np.float64)
+    expected = np.exp(mean + std**2 / 2) - 1
+    return expected[~missing].sum() / expected.sum()
+
+
 def _numpy_first_layer(state, X, missing):
-    """First Linear layer's output computed in numpy, missing genes at standardised 0."""
+    """First Linear layer's output computed in numpy, missing genes at standardised 0.
+
+    The cell's total covers the present genes only, so the target is scaled by their
+    expected share of the counts.
+    """
     cfg, p = state.config, state.params
     x = np.asarray(X, np.float64) * ~missing  # whatever a missing column holds is ignored
-    x = x * cfg["target_sum"] / np.maximum(x.sum(axis=1, keepdims=True), 1.0)
+    target = cfg["target_sum"] * _expected_share(state, missing)
+    x = x * target / np.maximum(x.sum(axis=1, keepdims=True), 1.0)
     h = np.log1p(x)
     h = np.clip((h - p["gene_mean"]) * p["gene_scale"], -10.0, 10.0)
     h[:, missing] = 0.0  # the training mean, in standardised space
@@ -96,6 +109,22 @@ def test_missing_genes_match_numpy_on_dense_and_sparse(toy_trained, query, seed)
     np.testing.assert_allclose(
         state.predict_logits(sp.csr_matrix(noisy), missing=missing), dense, atol=1e-5
     )
+
+
+def test_expected_share_matches_the_training_counts(toy_trained):
+    """The share estimated from the stored statistics is close to the one measured."""
+    state, adata = toy_trained.state, toy_trained.adata
+    X = adata[:, state.genes].X.toarray().astype(np.float64)
+    measured = (X / X.sum(axis=1, keepdims=True)).mean(axis=0)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        missing = rng.random(state.n_genes) < 0.5
+        truth = measured[~missing].sum() / measured.sum()
+        assert present_share(state.config, state.params, missing) == pytest.approx(truth, abs=0.05)
+        assert present_share(state.config, state.params, missing) == pytest.approx(
+            _expected_share(state, missing), rel=1e-6
+        )
+    assert present_share(state.config, state.params, np.zeros(state.n_genes, bool)) == 1.0
 
 
 def test_kernel_marks_absent_genes_unknown_and_zero_fill_is_explicit_zeros(toy_trained, query):

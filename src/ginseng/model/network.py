@@ -131,18 +131,21 @@ class GinsengClassifier(nnx.Module):
         )
         self.head = nnx.Linear(hidden, config["n_labels"], kernel_init=_lecun_uniform, rngs=rngs)
 
-    def preprocess(self, x: jax.Array, *, present: jax.Array | None = None) -> jax.Array:
+    def preprocess(
+        self, x: jax.Array, *, present: jax.Array | None = None, share: Any = None
+    ) -> jax.Array:
         """Apply the fixed preprocessing to a batch of raw counts.
 
         ``present`` (one value per gene, 1 for measured genes and 0 for genes the query
         lacks) marks genes whose value is *unknown*: they are set to 0 after
         preprocessing, i.e. to the training mean when the model standardises (see
         :func:`missing_genes_note`). ``None`` means every gene was measured.
+        ``share`` (see :func:`present_share`) scales the normalisation target, since a
+        cell's total then only covers the measured genes.
         """
         cfg = self.config
-        h = log_normalize(
-            x.astype(jnp.float32), normalize=cfg["normalize"], target_sum=cfg["target_sum"]
-        )
+        target = cfg["target_sum"] if share is None else cfg["target_sum"] * share
+        h = log_normalize(x.astype(jnp.float32), normalize=cfg["normalize"], target_sum=target)
         if cfg["standardize"]:
             h = jnp.clip((h - self.gene_mean[...]) * self.gene_scale[...], -CLIP, CLIP)
         if present is not None:
@@ -150,13 +153,18 @@ class GinsengClassifier(nnx.Module):
         return h
 
     def __call__(
-        self, x: jax.Array, *, key: jax.Array | None = None, present: jax.Array | None = None
+        self,
+        x: jax.Array,
+        *,
+        key: jax.Array | None = None,
+        present: jax.Array | None = None,
+        share: Any = None,
     ) -> jax.Array:
         """Return logits (cells x labels) for a batch of raw counts (cells x genes).
 
-        ``present`` marks the measured genes (see :meth:`preprocess`).
+        ``present`` and ``share`` describe genes the query lacks (see :meth:`preprocess`).
         """
-        h = self.preprocess(x, present=present)
+        h = self.preprocess(x, present=present, share=share)
         return self.from_first_linear(self.blocks[0].linear(h), key=key)
 
     def from_first_linear(self, z: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
@@ -189,9 +197,10 @@ def first_linear_sparse(
     value exactly as in :meth:`GinsengClassifier.preprocess`.
 
     ``missing`` (boolean, one per gene) marks genes the query lacks: their value is
-    unknown, not zero, so their ``h0`` is 0 (the training mean after standardisation),
-    as in :meth:`GinsengClassifier.preprocess` with ``present = ~missing``. Their
-    columns of ``X`` must be empty.
+    unknown, not zero, so their ``h0`` is 0 (the training mean after standardisation)
+    and the normalisation target is scaled by :func:`present_share`, as in
+    :meth:`GinsengClassifier.preprocess` with ``present = ~missing``. Their columns of
+    ``X`` must be empty.
     """
     kernel = params["blocks/0/linear/kernel"]
     bias = params["blocks/0/linear/bias"]
@@ -203,7 +212,10 @@ def first_linear_sparse(
     values = X.data
     if config["normalize"]:
         total = np.asarray(X.sum(axis=1), dtype=np.float32).ravel()
-        factor = np.float32(config["target_sum"]) / np.maximum(total, np.float32(1.0))
+        target = np.float32(config["target_sum"])
+        if missing is not None:
+            target = target * np.float32(present_share(config, params, missing))
+        factor = target / np.maximum(total, np.float32(1.0))
         values = values * np.repeat(factor, np.diff(X.indptr))
     values = np.log(np.float32(1.0) + values)
     if config["standardize"]:
@@ -218,6 +230,30 @@ def first_linear_sparse(
         offset = bias
     D = sp.csr_matrix((values.astype(np.float32), X.indices, X.indptr), shape=X.shape)
     return np.asarray(D @ kernel, dtype=np.float32) + offset.astype(np.float32)
+
+
+def present_share(config: dict[str, Any], params: dict[str, np.ndarray], missing: Any) -> float:
+    """Expected share of a cell's counts (over the model's genes) carried by the present genes.
+
+    A query lacking some model genes has a smaller total, so normalising it to
+    ``target_sum`` would inflate every present gene. The model's input is therefore
+    normalised to ``target_sum * share``, which keeps each present gene at its expected
+    level. A gene's expected normalised count is estimated from the stored statistics
+    of its log-normalised values, taken as log-normal: ``exp(mean + std**2 / 2) - 1``
+    with ``std = 1 / gene_scale`` (on Liu 2021 PBMC this is within 0.01 of the share
+    measured on the training counts). 1.0 when nothing is missing or the model neither
+    normalises nor standardises (no statistics to estimate from).
+    """
+    missing = np.asarray(missing, dtype=bool)
+    if not missing.any() or not (config.get("normalize") and config.get("standardize")):
+        return 1.0
+    mean = np.asarray(params["gene_mean"], np.float64)
+    std = 1.0 / np.asarray(params["gene_scale"], np.float64)
+    expected = np.maximum(np.expm1(mean + np.square(std) / 2.0), 0.0)
+    total = float(expected.sum())
+    if not np.isfinite(total) or total <= 0.0:
+        return 1.0
+    return float(np.clip(expected[~missing].sum() / total, 1e-3, 1.0))
 
 
 def missing_genes_note(config: dict[str, Any]) -> str:

@@ -206,8 +206,10 @@ class GinsengModelState:
             graphdef, variables = nnx.split(self.build_model())
 
             @jax.jit
-            def forward(variables: Any, x: jax.Array, present: Any = None) -> jax.Array:
-                return nnx.merge(graphdef, variables)(x, present=present)
+            def forward(
+                variables: Any, x: jax.Array, present: Any = None, share: Any = None
+            ) -> jax.Array:
+                return nnx.merge(graphdef, variables)(x, present=present, share=share)
 
             @jax.jit
             def from_first_linear(variables: Any, z: jax.Array) -> jax.Array:
@@ -231,9 +233,12 @@ class GinsengModelState:
         missing
             Boolean mask (one per model gene) of genes the query did not measure, e.g.
             :attr:`ginseng.tl.kernel.GeneAlignment.missing`. Their values are unknown,
-            not zero: each is set to its training mean (0 after standardisation) and its
-            column of ``X`` is ignored. ``None`` (or no ``True``) treats every column as
-            measured, zeros included.
+            not zero: each is set to its training mean (0 after standardisation), its
+            column of ``X`` is ignored, and the normalisation target is scaled by the
+            share of the counts the present genes are expected to carry
+            (:func:`ginseng.model.network.present_share`), since a cell's total then
+            covers the present genes only. ``None`` (or no ``True``) treats every
+            column as measured, zeros included.
         """
         import scipy.sparse as sp
 
@@ -245,7 +250,9 @@ class GinsengModelState:
                 f"Expected a cells x genes matrix with {self.n_genes} columns in the model's "
                 f"gene order, got shape {X.shape}; use ginseng.tl.classify to align genes by name."
             )
-        present = None
+        from .network import first_linear_sparse, present_share
+
+        present = share = None
         if missing is not None:
             missing = np.asarray(missing, dtype=bool)
             if missing.shape != (self.n_genes,):
@@ -255,6 +262,7 @@ class GinsengModelState:
                 )
             if missing.any():
                 present = (~missing).astype(np.float32)
+                share = np.float32(present_share(self.config, self.params, missing))
                 # A missing gene's column is ignored, whatever it holds.
                 if sparse:
                     X = sp.csr_matrix(X.multiply(present))
@@ -272,7 +280,6 @@ class GinsengModelState:
         if sparse:
             X = sp.csr_matrix(X)
             sparse = X.nnz <= SPARSE_MAX_DENSITY * n * self.n_genes
-        from .network import first_linear_sparse
 
         for start in range(0, n, rows):
             block = X[start : start + rows]
@@ -284,7 +291,7 @@ class GinsengModelState:
             else:
                 block = block.toarray() if sp.issparse(block) else np.asarray(block)
                 step = forward
-                extra = () if present is None else (present,)
+                extra = () if present is None else (present, share)
             block = block.astype(np.float32, copy=False)
             m = block.shape[0]
             if m < rows:
