@@ -153,7 +153,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     train, test = part(batch != "B3"), part(batch == "B3")
     truth = test.obs[LABEL].to_numpy()
     t0 = time.perf_counter()
-    state = gs.tl.train(train, LABEL, epochs=args.epochs, seed=0)
+    state = gs.tl.train(train, LABEL, epochs=args.epochs, seed=0, mask_as=args.mask_as)
     print(f"ginseng trained in {time.perf_counter() - t0:.1f} s", flush=True)
     share = training_share(train, state.genes)
 
@@ -233,6 +233,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument(
+        "--mask-as",
+        choices=["zero", "unknown"],
+        default="zero",
+        help="training setting mask_as: what the gene-masking augmentation makes of a gene",
+    )
     parser.add_argument("--celltypist-python", default="/work/venv-bench/bin/python")
     parser.add_argument("--celltypist-worker", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=RESULTS / "missing_genes.md")
@@ -248,7 +254,8 @@ def main(argv: list[str] | None = None) -> None:
     text = "\n\n".join(
         [
             f"`{command.strip()}`",
-            "Liu 2021 PBMC, train B1+B2, annotate B3, coarse labels; one model per method "
+            f"Liu 2021 PBMC, train B1+B2, annotate B3, coarse labels (ginseng: mask_as="
+            f"{args.mask_as!r}); one model per method "
             "trained on all 1,000 genes; the query keeps a random fraction of the model's "
             f"genes (seeds {', '.join(map(str, args.seeds))}; mean ± sd over seeds).",
             "Macro-F1:",

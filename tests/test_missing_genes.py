@@ -179,3 +179,35 @@ def test_mean_imputation_is_at_least_as_accurate_as_zero_fill(toy_trained, query
             result = kernel.classify_chunk(partial.X, alignment, state, missing_genes=how)
             acc[how].append(float((state.labels[result.codes] == truth).mean()))
     assert np.mean(acc["mean"]) >= np.mean(acc["zero"]), acc
+
+
+def test_masking_as_unknown_marks_exactly_the_zeroed_genes(toy_trained):
+    import jax
+
+    from ginseng.train.augment import Augmentation, mask_genes
+
+    state = toy_trained.state
+    x = np.asarray(toy_trained.adata.X[:64].toarray(), np.float32) + 1.0  # no zero count
+    key = jax.random.key(3)
+    augment = Augmentation(None, None, 5, 20, "unknown")
+    out, present = augment.with_mask(key, x)
+    out, present = np.asarray(out), np.asarray(present)
+    np.testing.assert_array_equal(out == 0, present == 0)
+    assert ((present == 0).sum(axis=1) >= 5).all() and ((present == 0).sum(axis=1) <= 20).all()
+    # The same draws as zero-masking: only the mask comes on top.
+    k_mask = jax.random.split(key)[1]
+    np.testing.assert_array_equal(out, np.asarray(mask_genes(k_mask, x, 5, 20)))
+    # Per cell, the model's share is present_share of that cell's missing genes.
+    shares = np.asarray(state.build_model().present_share(present)).ravel()
+    expected = [present_share(state.config, state.params, row == 0) for row in present]
+    np.testing.assert_allclose(shares, expected, rtol=1e-5)
+
+
+def test_training_with_masking_as_unknown(make_toy):
+    adata = make_toy(n_cells=300, n_genes=30, n_types=3, seed=6)
+    quick = {"hidden_dim": 16, "batch_size": 16, "lr": 3e-3, "min_steps": 60}
+    state = gs.tl.train(adata, "cell_type", epochs=2, mask_as="unknown", upper=10, **quick)
+    assert state.settings.mask_as == "unknown"
+    assert state.metrics["accuracy"] > 0.9
+    with pytest.raises(gs.InputError, match="mask_as"):
+        gs.tl.train(adata, "cell_type", epochs=1, mask_as="mean", **quick)

@@ -167,6 +167,20 @@ class GinsengClassifier(nnx.Module):
         h = self.preprocess(x, present=present, share=share)
         return self.from_first_linear(self.blocks[0].linear(h), key=key)
 
+    def present_share(self, present: jax.Array) -> jax.Array:
+        """Per cell, the expected share of the counts its present genes carry (cells x 1).
+
+        The jax twin of :func:`present_share` for a ``present`` mask per cell (training
+        with ``mask_as="unknown"``); 1 without normalisation or standardisation.
+        """
+        cfg = self.config
+        if not (cfg["normalize"] and cfg["standardize"]):
+            return jnp.ones((present.shape[0], 1), jnp.float32)
+        std = 1.0 / self.gene_scale[...]
+        expected = jnp.maximum(jnp.expm1(self.gene_mean[...] + jnp.square(std) / 2.0), 0.0)
+        share = (present @ expected) / jnp.maximum(expected.sum(), 1e-12)
+        return jnp.clip(share, 1e-3, 1.0)[:, None]
+
     def from_first_linear(self, z: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
         """Return logits given ``z``, the first Linear layer's output for a batch.
 
