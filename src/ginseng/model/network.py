@@ -139,8 +139,8 @@ class GinsengClassifier(nnx.Module):
         ``present`` (one value per gene, 1 for measured genes and 0 for genes the query
         lacks) marks genes whose value is *unknown*: they are set to 0 after
         preprocessing, i.e. to the training mean when the model standardises (see
-        :func:`missing_genes_note`). ``None`` means every gene was measured.
-        ``share`` (see :func:`present_share`) scales the normalisation target, since a
+        ``missing_genes_note``). ``None`` means every gene was measured.
+        ``share`` (see ``present_share``) scales the normalisation target, since a
         cell's total then only covers the measured genes.
         """
         cfg = self.config
@@ -170,7 +170,7 @@ class GinsengClassifier(nnx.Module):
     def present_share(self, present: jax.Array) -> jax.Array:
         """Per cell, the expected share of the counts its present genes carry (cells x 1).
 
-        The jax twin of :func:`present_share` for a ``present`` mask per cell (training
+        The jax twin of ``present_share`` for a ``present`` mask per cell (training
         with ``mask_as="unknown"``); 1 without normalisation or standardisation.
         """
         cfg = self.config
@@ -212,7 +212,7 @@ def first_linear_sparse(
 
     ``missing`` (boolean, one per gene) marks genes the query lacks: their value is
     unknown, not zero, so their ``h0`` is 0 (the training mean after standardisation)
-    and the normalisation target is scaled by :func:`present_share`, as in
+    and the normalisation target is scaled by ``present_share``, as in
     :meth:`GinsengClassifier.preprocess` with ``present = ~missing``. Their columns of
     ``X`` must be empty.
     """

@@ -232,11 +232,11 @@ class GinsengModelState:
             Rows per compiled forward call.
         missing
             Boolean mask (one per model gene) of genes the query did not measure, e.g.
-            :attr:`ginseng.tl.kernel.GeneAlignment.missing`. Their values are unknown,
+            ``alignment.missing`` (:class:`ginseng.tl.kernel.GeneAlignment`). Their values are unknown,
             not zero: each is set to its training mean (0 after standardisation), its
             column of ``X`` is ignored, and the normalisation target is scaled by the
             share of the counts the present genes are expected to carry
-            (:func:`ginseng.model.network.present_share`), since a cell's total then
+            (``ginseng.model.network.present_share``), since a cell's total then
             covers the present genes only. ``None`` (or no ``True``) treats every
             column as measured, zeros included.
         """
