@@ -215,7 +215,7 @@ def mask_genes(key: jax.Array, x: jax.Array, lower: int, upper: int) -> jax.Arra
     return jnp.where(gene_mask(key, x.shape, lower, upper), 0.0, x)
 
 
-def gene_mask(key: jax.Array, shape: tuple[int, int], lower: int, upper: int) -> jax.Array:
+def gene_mask(key: jax.Array, shape: tuple[int, ...], lower: int, upper: int) -> jax.Array:
     """The boolean mask (cells x genes) of the genes :func:`mask_genes` zeroes."""
     n_cells, n_genes = shape
     upper = min(upper, n_genes)

@@ -251,20 +251,21 @@ class GinsengClassifierTrainer:
         says little about a new lab (see the calibration page of the docs).
         """
         ds = self.dataset
-        if not self.settings.group_level or ds.group_names is None:
-            if ds.group_names is not None:
+        names, groups = ds.group_names, ds.groups
+        if not self.settings.group_level or names is None or groups is None:
+            if names is not None:
                 logger.info(
                     "the temperature is fitted on random held-out cells; group_level=True "
                     "fits it on whole held-out groups (%d in the store), which predicts the "
                     "calibration on a new batch or study better",
-                    len(ds.group_names),
+                    len(names),
                 )
             return {"calibration_split": "cells"}
-        held = np.unique(ds.groups[plan.test_rows])
+        held = np.unique(groups[plan.test_rows])
         return {
             "calibration_split": "groups",
             "n_heldout_groups": int(held.size),
-            "heldout_groups": [str(g) for g in ds.group_names[held]],
+            "heldout_groups": [str(g) for g in names[held]],
             "ece_heldout_groups": float(ece),
         }
 
