@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> list[dict]:
                     "ece_new_study": expected_calibration_error(proba, index),
                     "ece_new_study_uncalibrated": expected_calibration_error(raw, index),
                     "ece_model_card": float(m["ece"]),
-                    "calibration_split": m.get("calibration_split"),
+                    "holdout_split": m.get("holdout_split"),
                     "n_heldout_groups": m.get("n_heldout_groups"),
                     "holdout_cells": int(m["n_cells"]),
                     "temperature": float(state.temperature),

@@ -57,7 +57,7 @@ def test_group_level_calibrates_and_reports_on_held_out_groups(toy, tmp_path):
     rows = ds.cell_index[ds.splits["test"]]
     batch = toy.obs["batch"].astype(str).to_numpy()
     held = sorted(set(batch[rows]))
-    assert m["calibration_split"] == "groups"
+    assert m["holdout_split"] == "groups"
     assert m["heldout_groups"] == held and m["n_heldout_groups"] == len(held) == 2
     assert not set(held) & set(batch[ds.cell_index[ds.splits["train"]]])
 
@@ -87,6 +87,6 @@ def test_group_level_calibrates_and_reports_on_held_out_groups(toy, tmp_path):
 
 def test_random_cell_holdout_says_so_and_reports_no_group_ece(toy):
     state = gs.tl.train(toy, "cell_type", group_key="batch", epochs=1, **QUICK)
-    assert state.metrics["calibration_split"] == "cells"
+    assert state.metrics["holdout_split"] == "cells"
     assert "ece_heldout_groups" not in state.metrics
     assert "held-out group" not in repr(state)

@@ -110,7 +110,7 @@ class GinsengModelState:
         Holdout metrics: ``accuracy``, ``macro_f1``, ``f1_per_label``, ``ece`` (after
         calibration) and ``ece_uncalibrated``, ``nll``, ``confusion`` (true x predicted,
         label order), ``n_cells``, ``best_epoch``, ``temperature``, ``holdout_fraction``,
-        ``calibration_split`` (``"cells"``, or ``"groups"`` when whole groups were held
+        ``holdout_split`` (``"cells"``, or ``"groups"`` when whole groups were held
         out, with ``n_heldout_groups``, ``heldout_groups`` and ``ece_heldout_groups``: the
         calibrated ECE on groups the network never saw).
     history
@@ -367,7 +367,7 @@ def model_card(state: GinsengModelState) -> str:
             lines.append("  lowest F1: " + ", ".join(f"{k} {v:.3f}" for v, k in worst))
         where = (
             f" on {m['n_heldout_groups']} held-out group(s) (ECE on held-out groups)"
-            if m.get("calibration_split") == "groups"
+            if m.get("holdout_split") == "groups"
             else ""
         )
         lines.append(

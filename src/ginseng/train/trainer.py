@@ -227,7 +227,7 @@ class GinsengClassifierTrainer:
         metrics = calibrate(best.holdout, label_names)
         metrics["best_epoch"] = int(best.epoch)
         metrics["holdout_fraction"] = plan.realised_fraction
-        metrics.update(self._calibration_split(plan, metrics["ece"]))
+        metrics.update(self._holdout_split(plan, metrics["ece"]))
         model_state = GinsengModelState(
             params=flat_params(model),
             config=model.config,
@@ -242,7 +242,7 @@ class GinsengClassifierTrainer:
         return FitResult(model, model_state)
 
     # ------------------------------------------------------------------ pieces
-    def _calibration_split(self, plan: _Plan, ece: float) -> dict[str, Any]:
+    def _holdout_split(self, plan: _Plan, ece: float) -> dict[str, Any]:
         """What the temperature was fitted on: random cells or whole held-out groups.
 
         With ``group_level`` the holdout is made of whole groups (donors, batches) the
@@ -260,10 +260,10 @@ class GinsengClassifierTrainer:
                     "calibration on a new batch or study better",
                     len(names),
                 )
-            return {"calibration_split": "cells"}
+            return {"holdout_split": "cells"}
         held = np.unique(groups[plan.test_rows])
         return {
-            "calibration_split": "groups",
+            "holdout_split": "groups",
             "n_heldout_groups": int(held.size),
             "heldout_groups": [str(g) for g in names[held]],
             "ece_heldout_groups": float(ece),
