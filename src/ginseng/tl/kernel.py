@@ -112,7 +112,7 @@ def classify_chunk(
     where: str = "adata.X",
     layers: Iterable[str] = (),
     probabilities: bool = True,
-    missing_genes: MissingGenes = "mean",
+    missing_genes: Literal["mean", "zero"] = "mean",
 ) -> ChunkResult:
     """Classify one block of cells: check the counts, align the genes, predict.
 
@@ -165,7 +165,7 @@ def classify_chunks(
     where: str = "adata.X",
     layers: Iterable[str] = (),
     probabilities: bool = True,
-    missing_genes: MissingGenes = "mean",
+    missing_genes: Literal["mean", "zero"] = "mean",
 ) -> ChunkResult:
     """Run :func:`classify_chunk` over ``matrix``, ``batch_size`` rows at a time.
 
