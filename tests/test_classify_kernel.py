@@ -39,10 +39,12 @@ def _shuffled_query(query, seed=0):
 
 
 def _by_hand(state, adata) -> np.ndarray:
-    """Probabilities from the matrix aligned with pandas (missing genes zero)."""
+    """Probabilities from the matrix aligned with pandas (missing genes marked unknown)."""
     dense = pd.DataFrame(np.asarray(adata.X.todense()), columns=adata.var_names)
     aligned = dense.reindex(columns=list(state.genes), fill_value=0.0).to_numpy(np.float32)
-    return state.predict_proba(aligned)
+    missing = ~pd.Index(state.genes).isin(adata.var_names)
+    assert missing.sum() == 1
+    return state.predict_proba(aligned, missing=missing)
 
 
 @pytest.mark.parametrize("block", [1, 37, 300])

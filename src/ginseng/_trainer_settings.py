@@ -23,6 +23,8 @@ from ._validate import (
     positive_number,
 )
 
+MaskAs = Literal["zero", "unknown"]
+MASK_AS: tuple[MaskAs, ...] = ("zero", "unknown")
 GroupMode = Literal["fraction", "groups"]
 GROUP_MODES: tuple[GroupMode, ...] = ("fraction", "groups")
 
@@ -47,6 +49,11 @@ class GinsengClassifierTrainerSettings:
         Gene masking: per cell a number of genes drawn uniformly from ``[lower, upper]``
         (at most the number of genes) is set to zero, mimicking genes missing from a
         query. ``upper=None`` switches it off; ``lower=None`` means 0.
+    mask_as
+        What a masked gene becomes: ``"zero"`` (zero counts) or ``"unknown"`` (its
+        counts are removed and its preprocessed value set to the training mean, the
+        normalisation target scaled by the share of the counts the other genes carry:
+        exactly how :func:`ginseng.tl.classify` reads a gene the query lacks).
     hidden_dim
         Width of the hidden layers. The network has
         ``n_genes * hidden_dim + (n_layers - 1) * hidden_dim**2 + hidden_dim * n_labels``
@@ -118,6 +125,7 @@ class GinsengClassifierTrainerSettings:
     lam_max: float | None = None
     lower: int | None = 0
     upper: int | None = 200
+    mask_as: MaskAs = "zero"
     # Model.
     hidden_dim: int = 128
     n_layers: int = 2
@@ -211,6 +219,7 @@ def _validate(s: GinsengClassifierTrainerSettings) -> None:
             nonnegative_int(name(field), getattr(s, field))
     if s.lower is not None and s.upper is not None and s.lower > s.upper:
         raise InputError(f"{name('lower')}={s.lower} must not exceed upper={s.upper}.")
+    one_of(name("mask_as"), s.mask_as, MASK_AS)
     # Model.
     positive_int(name("hidden_dim"), s.hidden_dim)
     positive_int(name("n_layers"), s.n_layers)

@@ -1,9 +1,10 @@
 """Align a query's genes to a model's input genes by name.
 
 The model sees its genes in a fixed order. A query may order them differently, lack
-some (zero-filled: an unmeasured gene looks like an unexpressed one, which is what the
-gene-masking augmentation trains the network to tolerate) or have extra ones
-(ignored). Names are compared as given, except that Ensembl version suffixes
+some or have extra ones (ignored). A gene the query lacks is *unknown*, not
+unexpressed: :attr:`GeneAlignment.missing` marks it, :meth:`GeneAlignment.take` leaves
+its column empty and the model's prediction (``predict_logits(..., missing=...)``)
+sets it to its training mean instead of reading the empty column as zero counts. Names are compared as given, except that Ensembl version suffixes
 (``ENSG00000141510.17``) are dropped when both sides use Ensembl ids.
 """
 
@@ -78,8 +79,13 @@ class GeneAlignment:
     def fraction(self) -> float:
         return self.n_found / max(self.n_model_genes, 1)
 
+    @property
+    def missing(self) -> np.ndarray:
+        """Boolean mask (model order) of the model's genes the query lacks."""
+        return self.positions < 0
+
     def take(self, chunk: sp.csr_matrix) -> sp.csr_matrix:
-        """The chunk's columns in model order: reordered, extras dropped, missing genes zero.
+        """The chunk's columns in model order: reordered, extras dropped, missing genes empty.
 
         Values are copied, never computed, so counts stay exact. scipy's column indexing
         picks the found genes (in C, faster than multiplying by a 0/1 selector matrix);
@@ -96,8 +102,13 @@ class GeneAlignment:
     def _found(self) -> np.ndarray:
         return np.flatnonzero(self.positions >= 0)
 
-    def summary(self) -> dict[str, Any]:
-        """JSON/h5ad-friendly description, recorded in ``uns``."""
+    def summary(self, missing_genes: str = "mean-imputed") -> dict[str, Any]:
+        """JSON/h5ad-friendly description, recorded in ``uns``.
+
+        ``missing_genes`` says how the prediction treated the missing genes
+        (``"mean-imputed"``: set to the training mean; ``"zero-filled"``: read as zero
+        counts); it is recorded as such, with ``"n_missing"``.
+        """
         return {
             "source": self.source,
             "n_model_genes": self.n_model_genes,
@@ -105,6 +116,8 @@ class GeneAlignment:
             "fraction": round(self.fraction, 6),
             "model_id_type": self.model_id_type,
             "query_id_type": self.query_id_type,
+            "n_missing": self.n_model_genes - self.n_found,
+            "missing_genes": missing_genes,
         }
 
 
@@ -205,7 +218,8 @@ def align_genes(
             best.n_found,
         )
     logger.info(
-        "found %d of %d model genes (%.1f%%) in %s; %d missing genes are zero-filled",
+        "found %d of %d model genes (%.1f%%) in %s; %d missing genes are read as unknown "
+        "(set to their training mean)",
         best.n_found,
         best.n_model_genes,
         100 * best.fraction,

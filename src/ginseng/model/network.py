@@ -131,19 +131,55 @@ class GinsengClassifier(nnx.Module):
         )
         self.head = nnx.Linear(hidden, config["n_labels"], kernel_init=_lecun_uniform, rngs=rngs)
 
-    def preprocess(self, x: jax.Array) -> jax.Array:
-        """Apply the fixed preprocessing to a batch of raw counts."""
+    def preprocess(
+        self, x: jax.Array, *, present: jax.Array | None = None, share: Any = None
+    ) -> jax.Array:
+        """Apply the fixed preprocessing to a batch of raw counts.
+
+        ``present`` (one value per gene, 1 for measured genes and 0 for genes the query
+        lacks) marks genes whose value is *unknown*: they are set to 0 after
+        preprocessing, i.e. to the training mean when the model standardises (see
+        ``missing_genes_note``). ``None`` means every gene was measured.
+        ``share`` (see ``present_share``) scales the normalisation target, since a
+        cell's total then only covers the measured genes.
+        """
         cfg = self.config
-        h = log_normalize(
-            x.astype(jnp.float32), normalize=cfg["normalize"], target_sum=cfg["target_sum"]
-        )
+        target = cfg["target_sum"] if share is None else cfg["target_sum"] * share
+        h = log_normalize(x.astype(jnp.float32), normalize=cfg["normalize"], target_sum=target)
         if cfg["standardize"]:
             h = jnp.clip((h - self.gene_mean[...]) * self.gene_scale[...], -CLIP, CLIP)
+        if present is not None:
+            h = jnp.where(present > 0, h, 0.0)
         return h
 
-    def __call__(self, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
-        """Return logits (cells x labels) for a batch of raw counts (cells x genes)."""
-        return self.from_first_linear(self.blocks[0].linear(self.preprocess(x)), key=key)
+    def __call__(
+        self,
+        x: jax.Array,
+        *,
+        key: jax.Array | None = None,
+        present: jax.Array | None = None,
+        share: Any = None,
+    ) -> jax.Array:
+        """Return logits (cells x labels) for a batch of raw counts (cells x genes).
+
+        ``present`` and ``share`` describe genes the query lacks (see :meth:`preprocess`).
+        """
+        h = self.preprocess(x, present=present, share=share)
+        return self.from_first_linear(self.blocks[0].linear(h), key=key)
+
+    def present_share(self, present: jax.Array) -> jax.Array:
+        """Per cell, the expected share of the counts its present genes carry (cells x 1).
+
+        The jax twin of ``present_share`` for a ``present`` mask per cell (training
+        with ``mask_as="unknown"``); 1 without normalisation or standardisation.
+        """
+        cfg = self.config
+        if not (cfg["normalize"] and cfg["standardize"]):
+            return jnp.ones((present.shape[0], 1), jnp.float32)
+        std = 1.0 / self.gene_scale[...]
+        expected = jnp.maximum(jnp.expm1(self.gene_mean[...] + jnp.square(std) / 2.0), 0.0)
+        share = (present @ expected) / jnp.maximum(expected.sum(), 1e-12)
+        return jnp.clip(share, 1e-3, 1.0)[:, None]
 
     def from_first_linear(self, z: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
         """Return logits given ``z``, the first Linear layer's output for a batch.
@@ -160,7 +196,11 @@ class GinsengClassifier(nnx.Module):
 
 
 def first_linear_sparse(
-    config: dict[str, Any], params: dict[str, np.ndarray], X: sp.csr_matrix
+    config: dict[str, Any],
+    params: dict[str, np.ndarray],
+    X: sp.csr_matrix,
+    *,
+    missing: np.ndarray | None = None,
 ) -> np.ndarray:
     """The first Linear layer's output for raw counts ``X`` (CSR), from its non-zeros only.
 
@@ -169,6 +209,12 @@ def first_linear_sparse(
     ``(h0 @ W + b) + D @ W`` with ``D`` non-zero only where ``x`` is: ``nnz x hidden``
     operations instead of ``n_genes x hidden`` per cell. The clip is applied to each
     value exactly as in :meth:`GinsengClassifier.preprocess`.
+
+    ``missing`` (boolean, one per gene) marks genes the query lacks: their value is
+    unknown, not zero, so their ``h0`` is 0 (the training mean after standardisation)
+    and the normalisation target is scaled by ``present_share``, as in
+    :meth:`GinsengClassifier.preprocess` with ``present = ~missing``. Their columns of
+    ``X`` must be empty.
     """
     kernel = params["blocks/0/linear/kernel"]
     bias = params["blocks/0/linear/bias"]
@@ -180,12 +226,17 @@ def first_linear_sparse(
     values = X.data
     if config["normalize"]:
         total = np.asarray(X.sum(axis=1), dtype=np.float32).ravel()
-        factor = np.float32(config["target_sum"]) / np.maximum(total, np.float32(1.0))
+        target = np.float32(config["target_sum"])
+        if missing is not None:
+            target = target * np.float32(present_share(config, params, missing))
+        factor = target / np.maximum(total, np.float32(1.0))
         values = values * np.repeat(factor, np.diff(X.indptr))
     values = np.log(np.float32(1.0) + values)
     if config["standardize"]:
         mean, scale = params["gene_mean"], params["gene_scale"]
         h0 = np.clip(-mean * scale, -CLIP, CLIP)
+        if missing is not None:
+            h0 = np.where(np.asarray(missing, bool), np.float32(0.0), h0).astype(np.float32)
         values = np.clip((values - mean[X.indices]) * scale[X.indices], -CLIP, CLIP)
         values = values - h0[X.indices]
         offset = h0 @ kernel + bias
@@ -193,6 +244,40 @@ def first_linear_sparse(
         offset = bias
     D = sp.csr_matrix((values.astype(np.float32), X.indices, X.indptr), shape=X.shape)
     return np.asarray(D @ kernel, dtype=np.float32) + offset.astype(np.float32)
+
+
+def present_share(config: dict[str, Any], params: dict[str, np.ndarray], missing: Any) -> float:
+    """Expected share of a cell's counts (over the model's genes) carried by the present genes.
+
+    A query lacking some model genes has a smaller total, so normalising it to
+    ``target_sum`` would inflate every present gene. The model's input is therefore
+    normalised to ``target_sum * share``, which keeps each present gene at its expected
+    level. A gene's expected normalised count is estimated from the stored statistics
+    of its log-normalised values, taken as log-normal: ``exp(mean + std**2 / 2) - 1``
+    with ``std = 1 / gene_scale`` (on Liu 2021 PBMC this is within 0.01 of the share
+    measured on the training counts). 1.0 when nothing is missing or the model neither
+    normalises nor standardises (no statistics to estimate from).
+    """
+    missing = np.asarray(missing, dtype=bool)
+    if not missing.any() or not (config.get("normalize") and config.get("standardize")):
+        return 1.0
+    mean = np.asarray(params["gene_mean"], np.float64)
+    std = 1.0 / np.asarray(params["gene_scale"], np.float64)
+    expected = np.maximum(np.expm1(mean + np.square(std) / 2.0), 0.0)
+    total = float(expected.sum())
+    if not np.isfinite(total) or total <= 0.0:
+        return 1.0
+    return float(np.clip(expected[~missing].sum() / total, 1e-3, 1.0))
+
+
+def missing_genes_note(config: dict[str, Any]) -> str:
+    """How a model built from ``config`` reads genes the query lacks (for ``uns``).
+
+    ``"mean-imputed"`` when the model standardises (a missing gene is set to its
+    training mean, 0 in standardised space); otherwise ``"zero-filled"`` (without
+    standardisation there is no stored mean, and 0 is log1p of a zero count).
+    """
+    return "mean-imputed" if config.get("standardize", True) else "zero-filled"
 
 
 def gene_statistics(

@@ -84,7 +84,10 @@ class GinsengModelState:
     metrics
         Holdout metrics: ``accuracy``, ``macro_f1``, ``f1_per_label``, ``ece`` (after
         calibration) and ``ece_uncalibrated``, ``nll``, ``confusion`` (true x predicted,
-        label order), ``n_cells``, ``best_epoch``, ``temperature``, ``holdout_fraction``.
+        label order), ``n_cells``, ``best_epoch``, ``temperature``, ``holdout_fraction``,
+        ``holdout_split`` (``"cells"``, or ``"groups"`` when whole groups were held
+        out, with ``n_heldout_groups``, ``heldout_groups`` and ``ece_heldout_groups``: the
+        calibrated ECE on groups the network never saw).
     history
         Per-epoch record as columns (``epoch``, ``train_loss``, ``holdout_loss``,
         ``holdout_accuracy``, ``holdout_macro_f1``, ``lr``, ``seconds``);
@@ -166,7 +169,11 @@ class GinsengModelState:
         return build_model(self.config, self.params)
 
     def _compiled_forward(self) -> tuple[Any, Any, Any]:
-        """Jitted ``(dense counts -> logits, first-layer output -> logits)`` and the weights."""
+        """Jitted ``(dense counts -> logits, first-layer output -> logits)`` and the weights.
+
+        The dense forward takes ``present`` (one value per gene, see
+        :meth:`GinsengClassifier.preprocess`) or ``None`` for all genes measured.
+        """
         if self._forward is None:
             import jax
             from flax import nnx
@@ -174,8 +181,10 @@ class GinsengModelState:
             graphdef, variables = nnx.split(self.build_model())
 
             @jax.jit
-            def forward(variables: Any, x: jax.Array) -> jax.Array:
-                return nnx.merge(graphdef, variables)(x)
+            def forward(
+                variables: Any, x: jax.Array, present: Any = None, share: Any = None
+            ) -> jax.Array:
+                return nnx.merge(graphdef, variables)(x, present=present, share=share)
 
             @jax.jit
             def from_first_linear(variables: Any, z: jax.Array) -> jax.Array:
@@ -184,7 +193,9 @@ class GinsengModelState:
             self._forward = (forward, from_first_linear, variables)
         return self._forward
 
-    def predict_logits(self, X: Any, *, batch_size: int = PREDICT_BATCH) -> np.ndarray:
+    def predict_logits(
+        self, X: Any, *, batch_size: int = PREDICT_BATCH, missing: Any = None
+    ) -> np.ndarray:
         """Return float32 logits (cells x labels) for raw counts in the model's gene order.
 
         Parameters
@@ -194,6 +205,15 @@ class GinsengModelState:
             columns ordered as :attr:`genes` (``ginseng.tl.classify`` aligns an AnnData).
         batch_size
             Rows per compiled forward call.
+        missing
+            Boolean mask (one per model gene) of genes the query did not measure, e.g.
+            ``alignment.missing`` (:class:`ginseng.tl.kernel.GeneAlignment`). Their values are unknown,
+            not zero: each is set to its training mean (0 after standardisation), its
+            column of ``X`` is ignored, and the normalisation target is scaled by the
+            share of the counts the present genes are expected to carry
+            (``ginseng.model.network.present_share``), since a cell's total then
+            covers the present genes only. ``None`` (or no ``True``) treats every
+            column as measured, zeros included.
         """
         import scipy.sparse as sp
 
@@ -205,6 +225,27 @@ class GinsengModelState:
                 f"Expected a cells x genes matrix with {self.n_genes} columns in the model's "
                 f"gene order, got shape {X.shape}; use ginseng.tl.classify to align genes by name."
             )
+        from .network import first_linear_sparse, present_share
+
+        present = share = None
+        if missing is not None:
+            missing = np.asarray(missing, dtype=bool)
+            if missing.shape != (self.n_genes,):
+                raise InputError(
+                    f"missing must be a boolean mask of the model's {self.n_genes} genes, "
+                    f"got shape {missing.shape}."
+                )
+            if missing.any():
+                present = (~missing).astype(np.float32)
+                share = np.float32(present_share(self.config, self.params, missing))
+                # A missing gene's column is ignored, whatever it holds.
+                if sparse:
+                    X = sp.csr_matrix(X.multiply(present))
+                    X.eliminate_zeros()
+                else:
+                    X = X * present
+            else:
+                missing = None
         n = X.shape[0]
         out = np.empty((n, self.n_labels), np.float32)
         if n == 0:
@@ -214,40 +255,51 @@ class GinsengModelState:
         if sparse:
             X = sp.csr_matrix(X)
             sparse = X.nnz <= SPARSE_MAX_DENSITY * n * self.n_genes
-        from .network import first_linear_sparse
 
         for start in range(0, n, rows):
             block = X[start : start + rows]
             if sparse:
                 # Only the non-zeros enter the first layer; the rest is compiled.
-                block, step = (
-                    first_linear_sparse(self.config, self.params, block),
-                    from_first_linear,
-                )
+                block = first_linear_sparse(self.config, self.params, block, missing=missing)
+                step = from_first_linear
+                extra: tuple = ()
             else:
                 block = block.toarray() if sp.issparse(block) else np.asarray(block)
                 step = forward
+                extra = () if present is None else (present, share)
             block = block.astype(np.float32, copy=False)
             m = block.shape[0]
             if m < rows:
                 block = np.concatenate([block, np.zeros((rows - m, block.shape[1]), np.float32)])
-            out[start : start + m] = np.asarray(step(variables, block))[:m]
+            out[start : start + m] = np.asarray(step(variables, block, *extra))[:m]
         return out
 
     def predict_proba(
-        self, X: Any, *, calibrated: bool = True, batch_size: int = PREDICT_BATCH
+        self,
+        X: Any,
+        *,
+        calibrated: bool = True,
+        batch_size: int = PREDICT_BATCH,
+        missing: Any = None,
     ) -> np.ndarray:
-        """Return float32 class probabilities (cells x labels), temperature-scaled if ``calibrated``."""
+        """Return float32 class probabilities (cells x labels), temperature-scaled if ``calibrated``.
+
+        ``missing`` marks genes the query lacks (see :meth:`predict_logits`).
+        """
         from scipy.special import softmax
 
-        logits = self.predict_logits(X, batch_size=batch_size).astype(np.float64)
+        logits = self.predict_logits(X, batch_size=batch_size, missing=missing)
+        logits = logits.astype(np.float64)
         if calibrated:
             logits /= self.temperature
         return softmax(logits, axis=1).astype(np.float32)
 
-    def predict(self, X: Any, *, batch_size: int = PREDICT_BATCH) -> np.ndarray:
-        """Return the predicted label name of each cell."""
-        return self.labels[self.predict_logits(X, batch_size=batch_size).argmax(axis=1)]
+    def predict(
+        self, X: Any, *, batch_size: int = PREDICT_BATCH, missing: Any = None
+    ) -> np.ndarray:
+        """Return the predicted label name of each cell (``missing``: see :meth:`predict_logits`)."""
+        logits = self.predict_logits(X, batch_size=batch_size, missing=missing)
+        return self.labels[logits.argmax(axis=1)]
 
     def __repr__(self) -> str:
         return model_card(self)
@@ -288,9 +340,14 @@ def model_card(state: GinsengModelState) -> str:
         worst = sorted(((v, k) for k, v in f1.items() if v is not None))[:3]
         if worst:
             lines.append("  lowest F1: " + ", ".join(f"{k} {v:.3f}" for v, k in worst))
+        where = (
+            f" on {m['n_heldout_groups']} held-out group(s) (ECE on held-out groups)"
+            if m.get("holdout_split") == "groups"
+            else ""
+        )
         lines.append(
             f"  calibration: T = {state.temperature:.3f}, ECE {_fmt(m.get('ece_uncalibrated'))} "
-            f"-> {_fmt(m.get('ece'))}"
+            f"-> {_fmt(m.get('ece'))}{where}"
         )
     if state.history.get("epoch"):
         lines.append(

@@ -41,6 +41,7 @@ __all__ = [
     "ChunkResult",
     "CountCheck",
     "GeneAlignment",
+    "MissingGenes",
     "align_genes",
     "assign_labels",
     "check_chunk",
@@ -50,6 +51,11 @@ __all__ = [
     "majority_vote",
     "model_label_colors",
 ]
+
+MissingGenes = Literal["mean", "zero"]
+"""How :func:`classify_chunk` reads model genes the query lacks: ``"mean"`` (the
+default) sets each to its training mean, i.e. unknown; ``"zero"`` reads it as zero
+counts (the behaviour before 0.2, kept for comparison)."""
 
 CountCheck = Literal["raw", "sign", "none"]
 """How :func:`check_chunk` checks a chunk: ``"raw"`` refuses log-normalised or scaled
@@ -106,6 +112,7 @@ def classify_chunk(
     where: str = "adata.X",
     layers: Iterable[str] = (),
     probabilities: bool = True,
+    missing_genes: Literal["mean", "zero"] = "mean",
 ) -> ChunkResult:
     """Classify one block of cells: check the counts, align the genes, predict.
 
@@ -124,6 +131,9 @@ def classify_chunk(
         The matrix's name and the AnnData's layers, for error messages.
     probabilities
         Keep the probabilities of every label.
+    missing_genes
+        ``"mean"``: a model gene the query lacks (``alignment.missing``) is unknown and
+        set to its training mean; ``"zero"``: it is read as zero counts.
 
     Returns
     -------
@@ -135,8 +145,11 @@ def classify_chunk(
             f"{where}: a block of shape {chunk.shape} does not match the "
             f"{alignment.n_query_genes} genes the alignment was made for (adata.var)."
         )
+    if missing_genes not in ("mean", "zero"):
+        raise InputError(f"missing_genes must be 'mean' or 'zero', got {missing_genes!r}.")
     check_chunk(chunk, check=check, where=where, layers=layers)
-    proba = state.predict_proba(alignment.take(chunk))
+    missing = alignment.missing if missing_genes == "mean" else None
+    proba = state.predict_proba(alignment.take(chunk), missing=missing)
     codes = proba.argmax(axis=1).astype(np.int32)
     confidence = proba[np.arange(len(proba)), codes].astype(np.float32)
     return ChunkResult(codes, confidence, proba if probabilities else None)
@@ -152,6 +165,7 @@ def classify_chunks(
     where: str = "adata.X",
     layers: Iterable[str] = (),
     probabilities: bool = True,
+    missing_genes: Literal["mean", "zero"] = "mean",
 ) -> ChunkResult:
     """Run :func:`~ginseng.tl.kernel.classify_chunk` over ``matrix``, ``batch_size`` rows at a time.
 
@@ -178,6 +192,7 @@ def classify_chunks(
             where=where,
             layers=layers,
             probabilities=probabilities,
+            missing_genes=missing_genes,
         )
         raw_checked = raw_checked or chunk.nnz > 0
         codes[rows], confidence[rows] = part.codes, part.confidence

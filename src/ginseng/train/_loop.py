@@ -107,11 +107,19 @@ def compile_steps(graphdef: Any, tx: optax.GradientTransformation, augment: Augm
         step: jax.Array,
     ) -> tuple[Any, optax.OptState, jax.Array]:
         k_aug, k_drop = jax.random.split(jax.random.fold_in(base_key, step))
+        present = None
         if augment.active:
-            x = augment(k_aug, x)
+            x, present = augment.with_mask(k_aug, x)
+            if augment.mask_as != "unknown":
+                present = None
 
         def loss_fn(params: Any) -> jax.Array:
-            logits = nnx.merge(graphdef, params, rest)(x, key=k_drop)
+            model = nnx.merge(graphdef, params, rest)
+            if present is None:
+                logits = model(x, key=k_drop)
+            else:  # masked genes are unknown, as a query's missing genes are
+                share = model.present_share(present)
+                logits = model(x, key=k_drop, present=present, share=share)
             return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
         loss, grads = jax.value_and_grad(loss_fn)(params)

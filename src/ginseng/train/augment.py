@@ -44,11 +44,18 @@ class Augmentation:
     lam_max: float | None = None
     lower: int | None = None
     upper: int | None = None
+    mask_as: str = "zero"
 
     @classmethod
     def from_settings(cls, settings: GinsengClassifierTrainerSettings) -> Augmentation:
-        """Take ``rate``, ``lam_max``, ``lower`` and ``upper`` from trainer settings."""
-        return cls(settings.rate, settings.lam_max, settings.lower, settings.upper)
+        """Take ``rate``, ``lam_max``, ``lower``, ``upper`` and ``mask_as`` from trainer settings."""
+        return cls(
+            settings.rate,
+            settings.lam_max,
+            settings.lower,
+            settings.upper,
+            getattr(settings, "mask_as", "zero"),
+        )
 
     @property
     def active(self) -> bool:
@@ -57,12 +64,20 @@ class Augmentation:
 
     def __call__(self, key: jax.Array, x: jax.Array) -> jax.Array:
         """Return an augmented copy of the count batch ``x``."""
+        return self.with_mask(key, x)[0]
+
+    def with_mask(self, key: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array | None]:
+        """The augmented batch and, with masking, the 0/1 ``present`` mask (cells x genes).
+
+        Masked genes are zero in the batch either way; ``present`` is 0 for them.
+        """
         k_counts, k_mask = jax.random.split(key)
         if self.rate or self.lam_max:
             x = self._resample(k_counts, x)
-        if self.upper:
-            x = mask_genes(k_mask, x, self.lower or 0, self.upper)
-        return x
+        if not self.upper:
+            return x, None
+        masked = gene_mask(k_mask, x.shape, self.lower or 0, self.upper)
+        return jnp.where(masked, 0.0, x), jnp.where(masked, 0.0, 1.0)
 
     def _resample(self, key: jax.Array, x: jax.Array) -> jax.Array:
         n_cells, n_genes = x.shape
@@ -197,7 +212,12 @@ def mask_genes(key: jax.Array, x: jax.Array, lower: int, upper: int) -> jax.Arra
     cost of a handful of operations per value (a per-cell sort or top-k costs more
     than the network step on CPU).
     """
-    n_cells, n_genes = x.shape
+    return jnp.where(gene_mask(key, x.shape, lower, upper), 0.0, x)
+
+
+def gene_mask(key: jax.Array, shape: tuple[int, ...], lower: int, upper: int) -> jax.Array:
+    """The boolean mask (cells x genes) of the genes :func:`mask_genes` zeroes."""
+    n_cells, n_genes = shape
     upper = min(upper, n_genes)
     lower = min(lower, upper)
     k_n, k_perm, k_start = jax.random.split(key, 3)
@@ -206,4 +226,4 @@ def mask_genes(key: jax.Array, x: jax.Array, lower: int, upper: int) -> jax.Arra
     start = jax.random.randint(k_start, (n_cells, 1), 0, n_genes)
     offset = position - start
     offset = jnp.where(offset < 0, offset + n_genes, offset)
-    return jnp.where(offset < n_masked, 0.0, x)
+    return offset < n_masked

@@ -228,6 +228,7 @@ class GinsengClassifierTrainer:
         metrics = calibrate(best.holdout, label_names)
         metrics["best_epoch"] = int(best.epoch)
         metrics["holdout_fraction"] = plan.realised_fraction
+        metrics.update(self._holdout_split(plan, metrics["ece"]))
         model_state = GinsengModelState(
             params=flat_params(model),
             config=model.config,
@@ -242,6 +243,33 @@ class GinsengClassifierTrainer:
         return FitResult(model, model_state)
 
     # ------------------------------------------------------------------ pieces
+    def _holdout_split(self, plan: _Plan, ece: float) -> dict[str, Any]:
+        """What the temperature was fitted on: random cells or whole held-out groups.
+
+        With ``group_level`` the holdout is made of whole groups (donors, batches) the
+        network never saw, so its ECE (``ece_heldout_groups``) estimates the calibration
+        on a new group; a random-cell holdout shares donors and batches with training and
+        says little about a new lab (see the calibration page of the docs).
+        """
+        ds = self.dataset
+        names, groups = ds.group_names, ds.groups
+        if not self.settings.group_level or names is None or groups is None:
+            if names is not None:
+                logger.info(
+                    "the temperature is fitted on random held-out cells; group_level=True "
+                    "fits it on whole held-out groups (%d in the store), which predicts the "
+                    "calibration on a new batch or study better",
+                    len(names),
+                )
+            return {"holdout_split": "cells"}
+        held = np.unique(groups[plan.test_rows])
+        return {
+            "holdout_split": "groups",
+            "n_heldout_groups": int(held.size),
+            "heldout_groups": [str(g) for g in names[held]],
+            "ece_heldout_groups": float(ece),
+        }
+
     def _plan(self, epochs: int) -> _Plan:
         """Make the holdout split; choose the batch size and the passes per epoch."""
         s, ds = self.settings, self.dataset
