@@ -43,8 +43,9 @@ gene_key
     which is logged. Ensembl version suffixes are ignored.
 min_gene_overlap
     Least fraction of the model's genes that must be found in the query, else a
-    :class:`~ginseng.GeneMismatchError` names the likely cause. Missing genes are
-    zero-filled.
+    :class:`~ginseng.GeneMismatchError` names the likely cause. Missing genes are read
+    as unknown: set to their training mean, with the normalisation target scaled to the
+    present genes' expected share of the counts (see the missing-genes benchmark).
 unassigned_threshold
     Cells whose confidence is below this get the label ``"Unassigned"``.
 majority_vote_key

@@ -54,8 +54,8 @@ def classify(
 ) -> AnnData | pd.DataFrame | None:
     """Annotate cells with a trained ginseng model, chunk by chunk.
 
-    The query's genes are matched to the model's by name (reordered, missing genes
-    zero-filled, extra genes ignored); the raw counts are read ``batch_size`` rows at a
+    The query's genes are matched to the model's by name (reordered, missing genes read
+    as unknown, extra genes ignored); the raw counts are read ``batch_size`` rows at a
     time, so memory does not grow with the number of cells, also for backed data.
     Confidence is the calibrated probability of the predicted label.
 
@@ -243,6 +243,7 @@ def run_classify(
 ) -> AnnData | pd.DataFrame | None:
     """:func:`classify` with its options gathered in ``options``; see there."""
     from ..model.file import as_model_state
+    from ..model.network import missing_genes_note
 
     state = as_model_state(model)
     if options.batch_size is None:
@@ -284,7 +285,7 @@ def run_classify(
         "params": options.params(query.layer, batch_size),
         "labels": labels,
         "model": model_summary(state),
-        "gene_overlap": alignment.summary(),
+        "gene_overlap": alignment.summary(missing_genes_note(state.config)),
     }
     obsm_keys, uns_keys = write_annotation(
         out, annotation, keys, record=record, store_probabilities=options.store_probabilities
