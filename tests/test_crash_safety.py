@@ -41,7 +41,7 @@ else:
 # Kill moments: seconds after the child starts, and seconds after the first change
 # beside or inside the target (a new sibling file, or the target's own files changing).
 AFTER_START = [1.0]
-AFTER_CHANGE = [0.0, 0.001, 0.004, 0.015, 0.05, 0.2]
+AFTER_CHANGE = [0.0, 0.001, 0.004, 0.015, 0.05, 0.2, 0.6, 1.5]
 
 
 @pytest.fixture(scope="module")
@@ -198,7 +198,7 @@ def test_killed_annotate_out_leaves_nothing_or_a_complete_file(files, tmp_path):
         assert result.returncode == 0, result.stderr
         assert _is_complete(out, expected["h5ad"])
         assert _leftovers(out) == []
-    print(f"annotate --out: 7 kills, outcomes {outcomes}, partial files 0")
+    print(f"annotate --out: {1 + len(AFTER_CHANGE)} kills, outcomes {outcomes}, partial files 0")
     assert outcomes["none"] > 0, outcomes
 
 
