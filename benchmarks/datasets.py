@@ -31,6 +31,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ginseng import DownloadError
+from ginseng.datasets import LIU2021_COARSE
 
 DEFAULT_CACHE = Path(__file__).resolve().parent / ".cache"
 
@@ -69,17 +70,8 @@ _CAME_INNER = {
     "gene_matches_1v1_mouse2human.csv": "99377ed3c7967e414c5a0a2cb8d228093671c1df32d9cabf1e26fbf9c4bdeacb",
 }
 
-LIU_COARSE = {
-    "B_Mem": "B",
-    "B_Naive": "B",
-    "T_gd": "B",  # the B3 "T_gd" cells express MS4A1/CD79A (DATASETS.md)
-    "CD4_Mem": "CD4 T",
-    "CD4_Naive": "CD4 T",
-    "CD8_Mem": "CD8 T",
-    "CD8_Naive": "CD8 T",
-    "DC": "DC",
-    "pDC": "DC",
-}
+# The coarse labels of DATASETS.md, as the package's liu2021_pbmc() applies them.
+LIU_COARSE = LIU2021_COARSE
 
 
 def _sha256(data: bytes) -> str:
