@@ -11,4 +11,10 @@
 from ._real import LIU2021_COARSE, liu2021_pbmc, pbmc68k_counts
 from ._synthetic import synthetic_counts, write_synthetic_h5ad
 
-__all__ = ["LIU2021_COARSE", "liu2021_pbmc", "pbmc68k_counts", "synthetic_counts", "write_synthetic_h5ad"]
+__all__ = [
+    "LIU2021_COARSE",
+    "liu2021_pbmc",
+    "pbmc68k_counts",
+    "synthetic_counts",
+    "write_synthetic_h5ad",
+]
