@@ -26,6 +26,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from .._logging import logger
 from .augment import Augmentation
 from .calibration import calibration_report, classification_metrics
 
@@ -220,3 +221,16 @@ def history_row(epoch: int, train_loss: float, holdout: Holdout, lr: float) -> d
         "holdout_macro_f1": m.get("macro_f1", float("nan")),
         "lr": lr,
     }
+
+
+def log_epoch(row: dict[str, Any], epochs: int, bar: Any) -> None:
+    """Log one epoch's history row and show its loss and accuracy on the progress bar."""
+    logger.info(
+        "epoch %d/%d: train loss %.4f, holdout loss %.4f, accuracy %.4f, macro-F1 %.4f",
+        row["epoch"], epochs, row["train_loss"], row["holdout_loss"],
+        row["holdout_accuracy"], row["holdout_macro_f1"],
+    )  # fmt: skip
+    if bar is not None:
+        bar.set_postfix(
+            loss=f"{row['train_loss']:.3f}", holdout_acc=f"{row['holdout_accuracy']:.3f}"
+        )

@@ -34,6 +34,7 @@ from ._loop import (
     evaluate,
     history_row,
     keep_best,
+    log_epoch,
     split_params,
     train_epoch,
 )
@@ -211,7 +212,7 @@ class GinsengClassifierTrainer:
             row["seconds"] = time.perf_counter() - t0
             for column, value in row.items():
                 self.history[column].append(value)
-            self._log_epoch(row, len(epochs), bar)
+            log_epoch(row, len(epochs), bar)
         return state, best
 
     def _result(
@@ -369,18 +370,6 @@ class GinsengClassifierTrainer:
             weight_decay=s.weight_decay,
             mask=lambda params: jax.tree.map(lambda p: p.ndim > 1, params),
         )
-
-    @staticmethod
-    def _log_epoch(row: dict[str, Any], epochs: int, bar: Any) -> None:
-        logger.info(
-            "epoch %d/%d: train loss %.4f, holdout loss %.4f, accuracy %.4f, macro-F1 %.4f",
-            row["epoch"], epochs, row["train_loss"], row["holdout_loss"],
-            row["holdout_accuracy"], row["holdout_macro_f1"],
-        )  # fmt: skip
-        if bar is not None:
-            bar.set_postfix(
-                loss=f"{row['train_loss']:.3f}", holdout_acc=f"{row['holdout_accuracy']:.3f}"
-            )
 
     def _provenance(self, plan: _Plan, steps: int, started: float) -> dict[str, Any]:
         ds = self.dataset
