@@ -192,12 +192,23 @@ def test_cli_annotate_with_workers(toy_trained, query, tmp_path, capsys):
     query.write_h5ad(path)
     model = save_model(toy_trained.state, tmp_path / "model.h5")
     table_path = tmp_path / "table.csv"
-    code = main(
-        ["annotate", str(path), "--model", str(model), "--table", str(table_path)]
-        + ["--workers", "2", "--batch-size", str(ROWS)]
-    )
+    args = ["annotate", str(path), "--model", str(model), "--table", str(table_path)]
+    code = main([*args, "--workers", "2", "--batch-size", str(ROWS)])
     assert code == 0, capsys.readouterr().err
     table = pd.read_csv(table_path, index_col=0)
     serial = gs.tl.classify(query.copy(), toy_trained.state, batch_size=ROWS, return_table=True)
     np.testing.assert_array_equal(table["ginseng_cell_type"], serial["ginseng_cell_type"])
-    np.testing.assert_allclose(table.iloc[:, 2:], serial.iloc[:, 2:], rtol=1e-6)
+    # The CSV holds the floats rounded to text.
+    np.testing.assert_allclose(table.iloc[:, 2:], serial.iloc[:, 2:], rtol=1e-6, atol=1e-30)
+
+
+def test_importing_ginseng_does_not_import_dask():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, ginseng, ginseng.tl, ginseng.tl.kernel; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -92,6 +92,9 @@ def _block(
 ) -> np.ndarray:
     """Classify one row block; pack codes, confidence and probabilities (or the writer pid)."""
     alignment, state = model
+    first = block_info is None or block_info[0]["chunk-location"][0] == 0
+    if check == "raw" and not first:
+        check = "sign"  # as the serial loop: the full check on the first block only
     part = classify_chunk(
         chunk, alignment, state, check=check, where=where, layers=layers, probabilities=True
     )
@@ -154,7 +157,8 @@ def classify_dask(
     alignment, state
         As for :func:`~ginseng.tl.kernel.classify_chunk`; sent to each worker once.
     check_counts
-        Check every block's counts (``"raw"``), else none.
+        Check the counts as the serial loop does: ``"raw"`` on the first block,
+        ``"sign"`` on the others; else none.
     where, layers
         For error messages.
     probabilities
