@@ -220,3 +220,37 @@ def test_importing_ginseng_does_not_import_dask():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split("\n")[:2] == ["0", "[] False"]
+
+
+def test_seed_api_classify_on_a_lazy_layer(client, toy_trained, query, tmp_path):
+    import ginseng
+
+    path = tmp_path / "query.zarr"
+    with_layer = query.copy()
+    with_layer.layers["counts"] = with_layer.X.copy()
+    with_layer.X = with_layer.X * 0.5  # not counts: classify must read the layer
+    with_layer.write_zarr(path)
+    lazy = _lazy(path)
+    lazy.layers["counts"] = _lazy(path, "layers/counts").X
+    table = ginseng.classify(lazy, toy_trained.state, return_table=True)
+    serial = ginseng.classify(query.copy(), toy_trained.state, return_table=True, batch_size=ROWS)
+    pd.testing.assert_frame_equal(table, serial)
+
+
+def test_h5ad_path_write_with_an_active_client(client, toy_trained, query, tmp_path, caplog):
+    path = tmp_path / "query.h5ad"
+    query.write_h5ad(path)
+    serial = query.copy()
+    gs.tl.classify(serial, toy_trained.state, batch_size=ROWS, majority_vote_key="batch")
+    with caplog.at_level(logging.DEBUG, logger="ginseng"):
+        out = gs.tl.classify(
+            path, toy_trained.state, write=True, batch_size=ROWS, majority_vote_key="batch"
+        )
+    out.file.close()
+    assert any("on dask" in r.getMessage() for r in caplog.records)  # the path went lazy
+    back = ad.read_h5ad(path)
+    np.testing.assert_array_equal(
+        back.obsm["ginseng_probabilities"], serial.obsm["ginseng_probabilities"]
+    )
+    for key in ("ginseng_cell_type", "ginseng_confidence", "ginseng_majority_vote"):
+        pd.testing.assert_series_equal(back.obs[key], serial.obs[key])

@@ -1,13 +1,13 @@
 """``gs.tl.classify`` on a dask array: the same kernel, mapped over row blocks.
 
-When the query's counts are a :class:`dask.array.Array` (e.g. from
-:func:`anndata.experimental.read_elem_lazy`), :func:`classify_dask` runs
+When the query's counts are a ``dask.array.Array`` (e.g. from
+``anndata.experimental.read_elem_lazy``), :func:`classify_dask` runs
 :func:`ginseng.tl.kernel.classify_chunk` on every row block with
-:func:`dask.array.map_blocks`, on whatever :class:`distributed.Client` is active (else
+``dask.array.map_blocks``, on whatever ``distributed.Client`` is active (else
 dask's default scheduler). ginseng starts no cluster here.
 
 - The model and the gene alignment enter the graph once, as one
-  :func:`dask.delayed` key all blocks depend on: the scheduler ships it once to each
+  ``dask.delayed`` key all blocks depend on: the scheduler ships it once to each
   worker that needs it, not once per block.
 - Codes and confidence come back to the client (they go to ``obs``); the probabilities
   stay a lazy dask array, or, with ``target``, each block's task writes its rows into a
@@ -49,7 +49,7 @@ def is_dask_array(x: Any) -> bool:
 
 
 def active_client() -> Any:
-    """The active :class:`distributed.Client`, or ``None`` (distributed not imported or none)."""
+    """The active ``distributed.Client``, or ``None`` (distributed not imported or none)."""
     if "distributed" not in sys.modules:
         return None
     from distributed import default_client
