@@ -342,19 +342,13 @@ def _record(options: ClassifyOptions, query: Query, batch_size: int, state, alig
 
 def _lazy_matrix(query: Query, batch_size: int) -> Any:
     """The counts of the file behind ``query`` as a dask array of ``batch_size`` rows."""
-    from anndata.experimental import read_elem_lazy
+    from ._dask import lazy_rows
 
     key = "X" if query.layer is None else f"layers/{query.layer}"
-    if query.fmt == "h5ad":
-        import h5py
-
-        group = h5py.File(query.file, "r")
-    else:
-        import zarr
-
-        group = zarr.open_group(query.file, mode="r")
-    n_vars = query.adata.n_vars
-    return read_elem_lazy(group[key], chunks=(batch_size, n_vars))
+    assert query.file is not None and query.fmt is not None  # checked by the caller
+    return lazy_rows(
+        str(query.file), query.fmt, key, query.matrix.shape, query.matrix.dtype, batch_size
+    )
 
 
 def _run_dask(
