@@ -444,4 +444,6 @@ def _read_lazy_obsm(path: Path, key: str) -> Any:
     import zarr
     from anndata.experimental import read_elem_lazy
 
-    return read_elem_lazy(zarr.open_group(path, mode="r")["obsm"][key])
+    obsm = zarr.open_group(path, mode="r")["obsm"]
+    assert isinstance(obsm, zarr.Group)
+    return read_elem_lazy(obsm[key])

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from .._errors import InputError
-from .kernel import classify_chunk
+from .kernel import CountCheck, classify_chunk
 
 if TYPE_CHECKING:
     from ..data import GeneAlignment
@@ -83,7 +83,7 @@ def _block(
     chunk: Any,
     model: tuple[GeneAlignment, GinsengModelState],
     *,
-    check: str,
+    check: CountCheck,
     where: str,
     layers: list[str],
     keep: bool,
@@ -106,7 +106,7 @@ def _block(
 
         start = int(block_info[0]["array-location"][0][0]) if block_info else 0
         array = zarr.open_array(target.store, path=target.path, mode="r+")
-        array[start : start + part.n_cells] = part.probabilities
+        array[start : start + part.n_cells] = np.asarray(part.probabilities)
         packed[:, _EXTRA] = os.getpid()  # who wrote these rows
     elif keep:
         packed[:, _EXTRA:] = part.probabilities
