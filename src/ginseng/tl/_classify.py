@@ -62,6 +62,12 @@ def classify(
     time, so memory does not grow with the number of cells, also for backed data.
     Confidence is the calibrated probability of the predicted label.
 
+    Counts in a dask array (e.g. read with ``anndata.experimental.read_elem_lazy``), or
+    a file path while a ``distributed.Client`` is active, are classified block by block
+    on the dask workers with the same kernel; ``obsm`` then holds the probabilities as
+    a lazy dask array, and ``write=True`` into a ``.zarr`` has the workers write them
+    (see :doc:`/scaling`).
+
     Parameters
     ----------
     %(classify_adata)s
