@@ -254,3 +254,20 @@ def test_h5ad_path_write_with_an_active_client(client, toy_trained, query, tmp_p
     )
     for key in ("ginseng_cell_type", "ginseng_confidence", "ginseng_majority_vote"):
         pd.testing.assert_series_equal(back.obs[key], serial.obs[key])
+
+
+def test_failed_worker_write_leaves_the_store_as_it_was(client, toy_trained, query, tmp_path):
+    import zarr
+
+    bad = query.copy()
+    X = bad.X.toarray()
+    X[420, 0] = -1.0  # a worker fails after others wrote their blocks into the staged copy
+    bad.X = X
+    path = tmp_path / "query.zarr"
+    bad.write_zarr(path)
+    before = sorted(str(p.relative_to(path)) for p in path.rglob("*"))
+    with pytest.raises(InputError, match="negative"):
+        gs.tl.classify(path, toy_trained.state, write=True, batch_size=ROWS)
+    assert sorted(str(p.relative_to(path)) for p in path.rglob("*")) == before
+    assert "ginseng_probabilities" not in zarr.open_group(path, mode="r").get("obsm", {})
+    assert [p.name for p in tmp_path.iterdir() if "ginseng-" in p.name] == []

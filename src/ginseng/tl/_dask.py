@@ -185,26 +185,28 @@ def classify_dask(
     keep = probabilities and target is None
     n_labels = state.n_labels
     model = dask.delayed((alignment, state), name=f"ginseng-model-{uuid.uuid4().hex}")
-    width = _EXTRA + (n_labels if keep else 1)
-    packed = da.map_blocks(
-        _block,
-        matrix,
-        model,
-        check="raw" if check_counts else "none",
-        where=where,
-        layers=list(layers),
-        keep=keep,
-        target=target,
-        chunks=(matrix.chunks[0], (width,)),
-        dtype=np.float64,
-        meta=np.empty((0, 0), np.float64),
-        name=f"ginseng-classify-{uuid.uuid4().hex}",
-    )
-    wanted = [packed[:, _CODE], packed[:, _CONF]]
-    if target is not None:
-        wanted.append(packed[:, _EXTRA])
-    if keep and materialize:
-        wanted.append(packed[:, _EXTRA:].astype(np.float32))
+
+    def blocks(with_probabilities: bool, write: ZarrTarget | None) -> Any:
+        width = _EXTRA + (n_labels if with_probabilities else 1)
+        return da.map_blocks(
+            _block,
+            matrix,
+            model,
+            check="raw" if check_counts else "none",
+            where=where,
+            layers=list(layers),
+            keep=with_probabilities,
+            target=write,
+            chunks=(matrix.chunks[0], (width,)),
+            dtype=np.float64,
+            meta=np.empty((0, 0), np.float64),
+            name=f"ginseng-classify-{uuid.uuid4().hex}",
+        )
+
+    # One array computed whole (slicing it lazily could let dask's optimiser run the
+    # kernel once per slice); the probabilities in it only when they are wanted now.
+    packed = blocks(keep and materialize, target)
+    wanted = [packed]
     if clusters is not None:
         codes_c = pd.Series(np.asarray(clusters, dtype=object), dtype="category")
         cluster_codes = da.from_array(
@@ -226,13 +228,16 @@ def classify_dask(
         ).sum(axis=0)
         wanted.append(table)
     computed = dask.compute(*wanted)
-    codes = computed[0].astype(np.int32)
-    confidence = computed[1].astype(np.float32)
-    writers = sorted({int(p) for p in np.unique(computed[2])}) if target is not None else []
-    vote_table = np.asarray(computed[-1]) if clusters is not None else None
-    proba = packed[:, _EXTRA:].astype(np.float32) if keep else None
+    values = np.asarray(computed[0])
+    codes = values[:, _CODE].astype(np.int32)
+    confidence = values[:, _CONF].astype(np.float32)
+    writers = sorted({int(p) for p in np.unique(values[:, _EXTRA])}) if target is not None else []
+    vote_table = np.asarray(computed[1]) if clusters is not None else None
+    proba = None
     if keep and materialize:
-        proba = computed[2]
+        proba = values[:, _EXTRA:].astype(np.float32)
+    elif keep:  # lazy: computing it runs the model again, on the workers
+        proba = blocks(True, None)[:, _EXTRA:].astype(np.float32)
     return DaskResult(codes, confidence, proba, vote_table, writers)
 
 
