@@ -74,7 +74,9 @@ def test_lazy_file_gives_serial_labels_and_probabilities(client, toy_trained, qu
     proba = lazy.obsm["ginseng_probabilities"]
     assert isinstance(proba, da.Array)  # stays lazy
     np.testing.assert_array_equal(proba.compute(), serial.obsm["ginseng_probabilities"])
-    assert lazy.uns["ginseng"]["classify"]["labels"] == serial.uns["ginseng"]["classify"]["labels"]
+    record, serial_record = lazy.uns["ginseng"]["classify"], serial.uns["ginseng"]["classify"]
+    for key in ("labels", "gene_overlap", "model"):
+        assert record[key] == serial_record[key], key
     # Independent check: the labels are the argmax of the probabilities.
     labels = np.asarray(lazy.uns["ginseng"]["classify"]["labels"])
     np.testing.assert_array_equal(
