@@ -29,6 +29,38 @@ def _read(path: str, *, backed: bool):
     return read_adata(path, backed="r" if backed and str(path).endswith(".h5ad") else None)
 
 
+def _read_lazy(path: str, batch_size: int | None):
+    """An AnnData whose X and layers are dask arrays read from the file (``--workers``)."""
+    import anndata as ad
+    from anndata.experimental import read_elem_lazy
+    from anndata.io import read_elem
+
+    from ._settings import settings
+
+    if str(path).endswith(".h5ad"):
+        import h5py
+
+        group = h5py.File(path, "r")
+    elif str(path).rstrip("/").endswith(".zarr"):
+        import zarr
+
+        group = zarr.open_group(path, mode="r")
+    else:
+        raise InputError(f"--workers/--scheduler read an .h5ad or AnnData .zarr file, not {path}.")
+    parts = {k: read_elem(group[k]) for k in ("obs", "var", "uns") if k in group}
+    rows = batch_size or settings.chunk_size
+    n_vars = len(parts["var"]) if "var" in parts else None
+
+    def lazy(elem):
+        return read_elem_lazy(elem, chunks=(rows, n_vars) if n_vars else None)
+
+    adata = ad.AnnData(X=lazy(group["X"]) if "X" in group else None, **parts)
+    if "layers" in group:
+        for name in group["layers"]:
+            adata.layers[name] = lazy(group["layers"][name])
+    return adata
+
+
 def _genes(adata, genes: str | None):
     """``--genes``: a boolean var column, or a text file with one gene name per line."""
     if genes is None or genes in adata.var.columns:
@@ -82,7 +114,8 @@ def _annotate(args: argparse.Namespace) -> int:
 
     _check_output(args.out, "--out")
     _check_output(args.table, "--table")
-    adata = _read(args.input, backed=True)
+    dask = args.workers is not None or args.scheduler is not None
+    adata = _read_lazy(args.input, args.batch_size) if dask else _read(args.input, backed=True)
     options = {
         "layer": args.layer,
         "gene_key": args.gene_key,
@@ -91,6 +124,38 @@ def _annotate(args: argparse.Namespace) -> int:
         "majority_vote_key": args.majority_vote,
         "batch_size": args.batch_size,
     }
+    with _dask_client(args.workers, args.scheduler):
+        return _annotate_with(args, tl, new_file, adata, options)
+
+
+def _dask_client(workers: int | None, scheduler: str | None):
+    """``--workers N`` (a LocalCluster) or ``--scheduler ADDRESS``: a dask client, else none."""
+    import contextlib
+
+    if workers is None and scheduler is None:
+        return contextlib.nullcontext()
+    if workers is not None and scheduler is not None:
+        raise InputError("give --workers or --scheduler, not both.")
+    if workers is not None and workers < 1:
+        raise InputError(f"--workers must be at least 1, got {workers}.")
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError as err:
+        raise InputError("--workers/--scheduler need dask: pip install 'ginseng[dask]'.") from err
+    stack = contextlib.ExitStack()
+    if workers is not None:
+        cluster = stack.enter_context(
+            LocalCluster(
+                n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+            )
+        )
+        stack.enter_context(Client(cluster))
+    else:
+        stack.enter_context(Client(scheduler))
+    return stack
+
+
+def _annotate_with(args, tl, new_file, adata, options) -> int:
     if args.out is None:
         # return_table=True returns the DataFrame (the union type covers the other modes).
         table = cast("pd.DataFrame", tl.classify(adata, args.model, return_table=True, **options))
@@ -165,6 +230,14 @@ def _parser() -> argparse.ArgumentParser:
         "--min-gene-overlap", type=float, default=0.5, help="default: %(default)s"
     )
     annotate.add_argument("--batch-size", type=int, help="cells per chunk")
+    annotate.add_argument(
+        "--workers",
+        type=int,
+        help="annotate on a local dask cluster of this many worker processes (needs ginseng[dask])",
+    )
+    annotate.add_argument(
+        "--scheduler", help="annotate on the dask cluster at this scheduler address"
+    )
     annotate.set_defaults(func=_annotate)
 
     info = commands.add_parser("info", help="print a model file's model card")

@@ -19,7 +19,7 @@ anndata is used through its public API only: ``adata.file.is_open``,
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,7 @@ def write_results(
     *,
     obsm_keys: Sequence[str],
     uns_keys: Sequence[str],
+    prepare: Callable[[Path], tuple[Sequence[str], Sequence[str]]] | None = None,
 ) -> None:
     """Write ``adata.obs`` and the given ``obsm``/``uns`` entries into the file at ``path``.
 
@@ -81,6 +82,11 @@ def write_results(
     obsm_keys, uns_keys
         Keys of ``adata.obsm`` and ``adata.uns`` to write; other entries of the file's
         ``obsm`` and ``uns`` stay as they were.
+    prepare
+        Called first with the staged copy's path (zarr only), inside the crash-safe
+        update: it may write into the copy itself (the dask path's workers write the
+        probabilities there) and fill ``adata``; it returns the ``obsm`` and ``uns``
+        keys then written from ``adata``, replacing ``obsm_keys`` and ``uns_keys``.
     """
     from ._atomic import staged_update
 
@@ -102,6 +108,8 @@ def write_results(
             else:
                 import zarr
 
+                if prepare is not None:
+                    obsm_keys, uns_keys = prepare(staged)
                 group = zarr.open_group(staged, mode="r+", use_consolidated=False)
                 _write_elements(group, adata, obsm_keys, uns_keys)
                 # anndata writes consolidated metadata; refresh it so readers see the new keys.

@@ -81,24 +81,37 @@ def majority_vote(
     become ``"Heterogeneous"``; cells without a cluster (missing values) get a missing
     value. Ties go to the label that comes first in the model's order.
     """
-    fraction("min_prop", min_prop)
-    if min_prop > 0 and HETEROGENEOUS in predicted.categories:
-        raise InputError(
-            f"The model has a label named {HETEROGENEOUS!r}, so min_prop cannot mark mixed "
-            "clusters; use min_prop=0."
-        )
     clusters = pd.Series(np.asarray(clusters, dtype=object), dtype="category")
     has_cluster = clusters.notna().to_numpy()
     table = pd.crosstab(
         clusters[has_cluster].to_numpy(), np.asarray(predicted)[has_cluster]
     ).reindex(columns=predicted.categories, fill_value=0)
+    return votes_from_table(table, clusters, min_prop=min_prop)
+
+
+def votes_from_table(
+    table: pd.DataFrame, clusters: pd.Series, *, min_prop: float = 0.0
+) -> pd.Categorical:
+    """Majority votes from a cluster x label count table (:func:`majority_vote`'s tail).
+
+    ``table`` is indexed by the clusters that hold cells, its columns are the predicted
+    categories in order; ``clusters`` is the categorical cluster of each cell. Used by
+    the dask path, which sums per-block tables instead of one crosstab.
+    """
+    predicted_categories = list(table.columns)
+    fraction("min_prop", min_prop)
+    if min_prop > 0 and HETEROGENEOUS in predicted_categories:
+        raise InputError(
+            f"The model has a label named {HETEROGENEOUS!r}, so min_prop cannot mark mixed "
+            "clusters; use min_prop=0."
+        )
     top = table.to_numpy().argmax(axis=1)
     share = table.to_numpy().max(axis=1) / np.maximum(table.to_numpy().sum(axis=1), 1)
-    winners = np.asarray(predicted.categories, dtype=object)[top]
+    winners = np.asarray(predicted_categories, dtype=object)[top]
     winners = np.where(share < min_prop, HETEROGENEOUS, winners)
     per_cluster = pd.Series(winners, index=table.index)
     votes = clusters.map(per_cluster).astype(object).to_numpy()
-    categories = [c for c in predicted.categories if c in set(winners)]
+    categories = [c for c in predicted_categories if c in set(winners)]
     if HETEROGENEOUS in set(winners):
         categories.append(HETEROGENEOUS)
     return pd.Categorical(votes, categories=categories)

@@ -1,0 +1,315 @@
+"""``gs.tl.classify`` on a dask array: the same kernel, mapped over row blocks.
+
+When the query's counts are a ``dask.array.Array`` (e.g. from
+``anndata.experimental.read_elem_lazy``), :func:`classify_dask` runs
+:func:`ginseng.tl.kernel.classify_chunk` on every row block with
+``dask.array.map_blocks``, on whatever ``distributed.Client`` is active (else
+dask's default scheduler). ginseng starts no cluster here.
+
+- The model and the gene alignment enter the graph once, as one
+  ``dask.delayed`` key all blocks depend on: the scheduler ships it once to each
+  worker that needs it, not once per block.
+- Codes and confidence come back to the client (they go to ``obs``); the probabilities
+  stay a lazy dask array, or, with ``target``, each block's task writes its rows into a
+  zarr array (the workers write, not the client).
+- Majority voting counts (cluster, label) pairs per block and sums the tables.
+
+Nothing here is imported unless the data are a dask array, so ``import ginseng`` never
+imports dask.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from .._errors import InputError
+from .kernel import CountCheck, classify_chunk
+
+if TYPE_CHECKING:
+    from ..data import GeneAlignment
+    from ..model.state import GinsengModelState
+
+# Columns of the packed block result: code, confidence, then the writer's pid or the
+# probabilities. float64 holds the float32 values and the int32 codes exactly.
+_CODE, _CONF, _EXTRA = 0, 1, 2
+
+
+def is_dask_array(x: Any) -> bool:
+    """Whether ``x`` is a dask array (without importing dask)."""
+    cls = type(x)
+    return cls.__name__ == "Array" and cls.__module__.split(".")[0] == "dask"
+
+
+def active_client() -> Any:
+    """The active ``distributed.Client``, or ``None`` (distributed not imported or none)."""
+    if "distributed" not in sys.modules:
+        return None
+    from distributed import default_client
+
+    try:
+        return default_client()
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class ZarrTarget:
+    """Where the workers write the probabilities: ``store``/``path`` of a zarr array."""
+
+    store: str
+    path: str
+
+
+@dataclass
+class DaskResult:
+    """What :func:`classify_dask` computed: codes/confidence in memory, probabilities lazy."""
+
+    codes: np.ndarray
+    confidence: np.ndarray
+    probabilities: Any  # dask array, or None (written to the target, or not kept)
+    vote_table: np.ndarray | None  # n_clusters x (n_labels + 1), with Unassigned last
+    writers: list[int]  # pids of the processes that wrote the probabilities
+
+
+def _block(
+    chunk: Any,
+    model: tuple[GeneAlignment, GinsengModelState],
+    *,
+    check: CountCheck,
+    where: str,
+    layers: list[str],
+    keep: bool,
+    target: ZarrTarget | None,
+    block_info: dict | None = None,
+) -> np.ndarray:
+    """Classify one row block; pack codes, confidence and probabilities (or the writer pid)."""
+    alignment, state = model
+    first = block_info is None or block_info[0]["chunk-location"][0] == 0
+    if check == "raw" and not first:
+        check = "sign"  # as the serial loop: the full check on the first block only
+    part = classify_chunk(
+        chunk, alignment, state, check=check, where=where, layers=layers, probabilities=True
+    )
+    width = _EXTRA + (state.n_labels if keep else 1)
+    packed = np.zeros((part.n_cells, width), np.float64)
+    packed[:, _CODE], packed[:, _CONF] = part.codes, part.confidence
+    if target is not None:
+        import zarr
+
+        start = int(block_info[0]["array-location"][0][0]) if block_info else 0
+        array = zarr.open_array(target.store, path=target.path, mode="r+")
+        array[start : start + part.n_cells] = np.asarray(part.probabilities)
+        packed[:, _EXTRA] = os.getpid()  # who wrote these rows
+    elif keep:
+        packed[:, _EXTRA:] = part.probabilities
+    return packed
+
+
+def _vote_block(
+    packed: np.ndarray,
+    clusters: np.ndarray,
+    *,
+    n_clusters: int,
+    n_codes: int,
+    n_labels: int,
+    threshold: float | None,
+) -> np.ndarray:
+    """(cluster, label) counts of one block; label ``n_labels`` is Unassigned."""
+    codes = packed[:, _CODE].astype(np.int64)
+    if threshold is not None:
+        codes = np.where(packed[:, _CONF].astype(np.float32) < threshold, n_labels, codes)
+    clusters = np.asarray(clusters).ravel()
+    has = clusters >= 0
+    flat = clusters[has].astype(np.int64) * n_codes + codes[has]
+    table = np.bincount(flat, minlength=n_clusters * n_codes).reshape(n_clusters, n_codes)
+    return table[None, :, :]
+
+
+def classify_dask(
+    matrix: Any,
+    alignment: GeneAlignment,
+    state: GinsengModelState,
+    *,
+    check_counts: bool = True,
+    where: str = "adata.X",
+    layers: Iterable[str] = (),
+    probabilities: bool = True,
+    target: ZarrTarget | None = None,
+    clusters: pd.Series | None = None,
+    threshold: float | None = None,
+    materialize: bool = False,
+) -> DaskResult:
+    """Run :func:`~ginseng.tl.kernel.classify_chunk` over the row blocks of a dask array.
+
+    Parameters
+    ----------
+    matrix
+        Counts as a 2-D dask array (scipy sparse or numpy blocks), cells x query genes.
+        Column blocks are merged into one (a block needs all of a cell's genes).
+    alignment, state
+        As for :func:`~ginseng.tl.kernel.classify_chunk`; sent to each worker once.
+    check_counts
+        Check the counts as the serial loop does: ``"raw"`` on the first block,
+        ``"sign"`` on the others; else none.
+    where, layers
+        For error messages.
+    probabilities
+        Keep the probabilities (a lazy dask array; computing it runs the model again).
+    target
+        Have the workers write the probabilities into this zarr array (rows aligned
+        with the row blocks) instead of keeping them.
+    clusters, threshold
+        Cluster of each cell for majority voting (missing values skip the cell), and
+        the Unassigned threshold, for the per-block vote tables.
+    materialize
+        Compute the kept probabilities in the same pass (a numpy array), e.g. for a
+        table or an ``.h5ad`` file the client writes.
+    """
+    import dask
+    import dask.array as da
+
+    if matrix.ndim != 2:
+        raise InputError(f"{where} is a {matrix.ndim}-D dask array; expected cells x genes.")
+    if matrix.numblocks[1] > 1:
+        matrix = matrix.rechunk({1: -1})
+    if target is not None:
+        matrix = _regular_rows(matrix)
+    keep = probabilities and target is None
+    n_labels = state.n_labels
+    model = dask.delayed((alignment, state), name=f"ginseng-model-{uuid.uuid4().hex}")
+
+    def blocks(with_probabilities: bool, write: ZarrTarget | None) -> Any:
+        width = _EXTRA + (n_labels if with_probabilities else 1)
+        return da.map_blocks(
+            _block,
+            matrix,
+            model,
+            check="raw" if check_counts else "none",
+            where=where,
+            layers=list(layers),
+            keep=with_probabilities,
+            target=write,
+            chunks=(matrix.chunks[0], (width,)),
+            dtype=np.float64,
+            meta=np.empty((0, 0), np.float64),
+            name=f"ginseng-classify-{uuid.uuid4().hex}",
+        )
+
+    # One array computed whole (slicing it lazily could let dask's optimiser run the
+    # kernel once per slice); the probabilities in it only when they are wanted now.
+    packed = blocks(keep and materialize, target)
+    wanted = [packed]
+    if clusters is not None:
+        codes_c = pd.Series(np.asarray(clusters, dtype=object), dtype="category")
+        cluster_codes = da.from_array(
+            codes_c.cat.codes.to_numpy().astype(np.int64), chunks=(matrix.chunks[0],)
+        )
+        n_clusters, n_codes = len(codes_c.cat.categories), n_labels + 1
+        table = da.map_blocks(
+            _vote_block,
+            packed,
+            cluster_codes[:, None],
+            n_clusters=n_clusters,
+            n_codes=n_codes,
+            n_labels=n_labels,
+            threshold=threshold,
+            chunks=((1,) * packed.numblocks[0], (n_clusters,), (n_codes,)),
+            new_axis=2,
+            dtype=np.int64,
+            meta=np.empty((0, 0, 0), np.int64),
+        ).sum(axis=0)
+        wanted.append(table)
+    computed = dask.compute(*wanted)
+    values = np.asarray(computed[0])
+    codes = values[:, _CODE].astype(np.int32)
+    confidence = values[:, _CONF].astype(np.float32)
+    writers = sorted({int(p) for p in np.unique(values[:, _EXTRA])}) if target is not None else []
+    vote_table = np.asarray(computed[1]) if clusters is not None else None
+    proba = None
+    if keep and materialize:
+        proba = values[:, _EXTRA:].astype(np.float32)
+    elif keep:  # lazy: computing it runs the model again, on the workers
+        proba = blocks(True, None)[:, _EXTRA:].astype(np.float32)
+    return DaskResult(codes, confidence, proba, vote_table, writers)
+
+
+def _regular_rows(matrix: Any) -> Any:
+    """Equal row blocks (the last may be shorter), so each matches whole zarr chunks."""
+    rows = matrix.chunks[0]
+    if len(rows) <= 1 or (all(r == rows[0] for r in rows[:-1]) and rows[-1] <= rows[0]):
+        return matrix
+    return matrix.rechunk({0: max(rows)})
+
+
+def create_probability_array(group: Any, key: str, n_cells: int, n_labels: int, rows: int) -> None:
+    """An empty float32 ``obsm[key]`` array in anndata's encoding, chunked by ``rows``.
+
+    ``group`` is the zarr root of an AnnData store; the workers fill the array.
+    """
+    obsm = group["obsm"] if "obsm" in group else group.create_group("obsm")
+    if "encoding-type" not in obsm.attrs:
+        obsm.attrs.update({"encoding-type": "dict", "encoding-version": "0.1.0"})
+    if key in obsm:
+        del obsm[key]
+    array = obsm.create_array(
+        key,
+        shape=(n_cells, n_labels),
+        chunks=(max(1, min(rows, n_cells)), n_labels),
+        dtype=np.float32,
+        fill_value=0.0,
+    )
+    array.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
+
+
+def _read_rows(path: str, fmt: str, key: str, start: int, stop: int) -> Any:
+    """Rows ``start:stop`` of the matrix ``key`` of an ``.h5ad`` or ``.zarr`` file (CSR or dense)."""
+    from anndata.io import sparse_dataset
+
+    if fmt == "h5ad":
+        import h5py
+
+        with h5py.File(path, "r") as file:
+            elem = file[key]
+            if isinstance(elem, h5py.Group):
+                return sparse_dataset(elem)[start:stop].tocsr()
+            return np.asarray(elem[start:stop])
+    import zarr
+
+    elem = zarr.open_group(path, mode="r")[key]
+    if isinstance(elem, zarr.Group):
+        return sparse_dataset(elem)[start:stop].tocsr()
+    return np.asarray(elem[start:stop])
+
+
+def lazy_rows(path: str, fmt: str, key: str, shape: tuple[int, int], dtype: Any, rows: int) -> Any:
+    """The matrix ``key`` of the file at ``path`` as a dask array of ``rows``-row blocks.
+
+    Each block is read by the worker that classifies it, with anndata's sparse dataset
+    (a row slice reads only those rows), so the client reads no counts. Used for a path
+    given to ``classify`` while a ``distributed.Client`` is active.
+    """
+    import dask
+    import dask.array as da
+    import scipy.sparse as sp
+
+    n, n_vars = shape
+    read = dask.delayed(_read_rows, pure=True)
+    meta = sp.csr_matrix((0, n_vars), dtype=dtype)
+    blocks = [
+        da.from_delayed(
+            read(str(path), fmt, key, start, min(start + rows, n)),
+            shape=(min(start + rows, n) - start, n_vars),
+            dtype=dtype,
+            meta=meta,
+        )
+        for start in range(0, n, rows)
+    ]
+    return da.concatenate(blocks, axis=0)
