@@ -24,7 +24,12 @@ def _index_length(group, name: str) -> int | None:
         index = index.decode()
     if not isinstance(index, str) or index not in frame:
         return None
-    return int(frame[index].shape[0])
+    element = frame[index]
+    # A plain array, or (newer anndata, pandas 3 strings) a group holding its values.
+    if not hasattr(element, "shape") and "values" in element:
+        element = element["values"]
+    shape = getattr(element, "shape", None)
+    return int(shape[0]) if shape else None
 
 
 def _declared_shape(element) -> tuple[int, ...] | None:

@@ -128,16 +128,16 @@ def select_genes(adata: AnnData, genes: str | Sequence[str] | np.ndarray | None)
             )
         idx = np.flatnonzero(mask.to_numpy())
     else:
-        genes = np.asarray(genes)
-        if genes.dtype == bool:
-            if genes.shape != (adata.n_vars,):
+        chosen: np.ndarray = np.asarray(genes)
+        if chosen.dtype == bool:
+            if chosen.shape != (adata.n_vars,):
                 raise InputError(
                     f"A boolean genes mask must have one entry per gene ({adata.n_vars}), "
-                    f"got shape {genes.shape}."
+                    f"got shape {chosen.shape}."
                 )
-            idx = np.flatnonzero(genes)
+            idx = np.flatnonzero(chosen)
         else:
-            wanted = pd.Index(genes.astype(str))
+            wanted = pd.Index(chosen.astype(str))
             if wanted.has_duplicates:
                 dup = wanted[wanted.duplicated()].unique()[:5].tolist()
                 raise InputError(f"genes lists {len(dup)}+ name(s) twice, e.g. {dup}.")

@@ -27,7 +27,7 @@ def train_test(
         raise InputError(f"group_mode must be one of {GROUP_MODES}, got {group_mode!r}.")
     rng = np.random.default_rng(seed)
     if stratify_group:
-        test = whole_groups(groups, fraction, rng, group_mode)  # type: ignore[arg-type]  # checked by callers
+        test = whole_groups(groups, fraction, rng, group_mode)
     else:
         test = label_stratified(labels, fraction, rng)
     train = np.setdiff1d(np.arange(labels.size, dtype=np.int64), test, assume_unique=True)
