@@ -31,7 +31,9 @@ def get_matrix(adata: AnnData, layer: str | None = None) -> Any:
             raise InputError("adata.X is empty (None); pass layer= to name the counts layer.")
         matrix = adata.X
     elif layer not in adata.layers.keys():
-        available = ", ".join(map(repr, adata.layers.keys())) or "none"
+        # anndata >= 0.13 lists None (an alias of X) among the layer keys.
+        names = [key for key in adata.layers.keys() if isinstance(key, str)]
+        available = ", ".join(map(repr, names)) or "none"
         raise InputError(f"Layer {layer!r} not found in adata.layers (available: {available}).")
     elif adata.isbacked:
         from anndata.io import sparse_dataset

@@ -83,8 +83,9 @@ def check_raw_counts(
     )
 
 
-def _layer_hint(layers: Iterable[str]) -> str:
-    layers = list(layers)
+def _layer_hint(layers: Iterable[str | None]) -> str:
+    # anndata >= 0.13 lists None (an alias of X) among the layer keys.
+    layers = [key for key in layers if isinstance(key, str)]
     if "counts" in layers:
         return 'Use layer="counts". '
     if layers:

@@ -13,6 +13,7 @@ import http.client
 import json
 import os
 import re
+import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -351,12 +352,24 @@ def _cached_download(url: str) -> Path:
     return target
 
 
+def _tls_context() -> ssl.SSLContext:
+    """Certificate-verifying TLS context; ``SSL_CERT_FILE``, when set, is the trust list.
+
+    Explicit because not every Python build's OpenSSL reads ``SSL_CERT_FILE`` itself.
+    """
+    cafile = os.environ.get("SSL_CERT_FILE") or None
+    return ssl.create_default_context(cafile=cafile)
+
+
 def _fetch(url: str, destination: Path, *, desc: str) -> None:
     from .. import __version__
 
     request = urllib.request.Request(url, headers={"User-Agent": f"ginseng/{__version__}"})
     try:
-        with urllib.request.urlopen(request, timeout=_DOWNLOAD_TIMEOUT_S) as response:
+        context = _tls_context() if url.lower().startswith("https:") else None
+        with urllib.request.urlopen(
+            request, timeout=_DOWNLOAD_TIMEOUT_S, context=context
+        ) as response:
             length = response.headers.get("Content-Length", "")
             total = int(length) if length.isdigit() else None
             what = f"the download of {url}"
