@@ -48,7 +48,7 @@ __getattr__, __dir__ = lazy_attributes(
         "write_results": "._writeback:write_results",
         "new_file": "._atomic:new_file",
         "staged_update": "._atomic:staged_update",
-        "detect_format": "._read:detect_format",
+        "detect_format": "._formats:detect_format",
         "read_adata": "._read:read_adata",
     },
 )
