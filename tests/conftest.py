@@ -75,6 +75,19 @@ def toy_trained(tmp_path_factory) -> Trained:
 
 
 @pytest.fixture(scope="session")
+def toy_trained_standardized(toy_trained) -> Trained:
+    """The toy model again with per-gene standardisation (not the default any more)."""
+    from ginseng.train import GinsengClassifierTrainer
+
+    before = gs.settings.progress_bar
+    gs.settings.progress_bar = False
+    settings = toy_trained.settings.replace(standardize=True)
+    model, state = GinsengClassifierTrainer(toy_trained.dataset, settings).fit(TOY_EPOCHS)
+    gs.settings.progress_bar = before
+    return Trained(toy_trained.adata, toy_trained.dataset, model, state, settings)
+
+
+@pytest.fixture(scope="session")
 def make_toy():
     """The toy data generator, for tests that need their own copy or size."""
     return make_toy_adata

@@ -44,9 +44,10 @@ def _expected_share(state, missing):
 
 
 def _numpy_first_layer(state, X, missing):
-    """First Linear layer's output computed in numpy, missing genes at standardised 0.
+    """First Linear layer's output computed in numpy, missing genes at their training mean.
 
-    The cell's total covers the present genes only, so the target is scaled by their
+    The training mean is 0 in standardised space and the stored log-mean otherwise. The
+    cell's total covers the present genes only, so the target is scaled by their
     expected share of the counts.
     """
     cfg, p = state.config, state.params
@@ -54,13 +55,22 @@ def _numpy_first_layer(state, X, missing):
     target = cfg["target_sum"] * _expected_share(state, missing)
     x = x * target / np.maximum(x.sum(axis=1, keepdims=True), 1.0)
     h = np.log1p(x)
-    h = np.clip((h - p["gene_mean"]) * p["gene_scale"], -10.0, 10.0)
-    h[:, missing] = 0.0  # the training mean, in standardised space
+    if cfg["standardize"]:
+        h = np.clip((h - p["gene_mean"]) * p["gene_scale"], -10.0, 10.0)
+        h[:, missing] = 0.0
+    else:
+        h[:, missing] = p["gene_mean"][missing]
     return h @ p["blocks/0/linear/kernel"] + p["blocks/0/linear/bias"]
 
 
-def test_all_genes_present_is_the_old_path_exactly(toy_trained, query):
-    state = toy_trained.state
+@pytest.fixture(params=["toy_trained", "toy_trained_standardized"])
+def trained(request):
+    """The toy model with and without per-gene standardisation."""
+    return request.getfixturevalue(request.param)
+
+
+def test_all_genes_present_is_the_old_path_exactly(trained, query):
+    state = trained.state
     X = sp.csr_matrix(query.X)
     none = np.zeros(state.n_genes, bool)
     np.testing.assert_array_equal(state.predict_logits(X, missing=none), state.predict_logits(X))
@@ -77,8 +87,8 @@ def test_all_genes_present_is_the_old_path_exactly(toy_trained, query):
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_missing_genes_match_numpy_on_dense_and_sparse(toy_trained, query, seed):
-    state = toy_trained.state
+def test_missing_genes_match_numpy_on_dense_and_sparse(trained, query, seed):
+    state = trained.state
     rng = np.random.default_rng(seed)
     missing = np.zeros(state.n_genes, bool)
     missing[rng.choice(state.n_genes, 20, replace=False)] = True
@@ -111,9 +121,9 @@ def test_missing_genes_match_numpy_on_dense_and_sparse(toy_trained, query, seed)
     )
 
 
-def test_expected_share_matches_the_training_counts(toy_trained):
+def test_expected_share_matches_the_training_counts(trained):
     """The share estimated from the stored statistics is close to the one measured."""
-    state, adata = toy_trained.state, toy_trained.adata
+    state, adata = trained.state, trained.adata
     X = adata[:, state.genes].X.toarray().astype(np.float64)
     measured = (X / X.sum(axis=1, keepdims=True)).mean(axis=0)
     rng = np.random.default_rng(0)
@@ -127,8 +137,8 @@ def test_expected_share_matches_the_training_counts(toy_trained):
     assert present_share(state.config, state.params, np.zeros(state.n_genes, bool)) == 1.0
 
 
-def test_kernel_marks_absent_genes_unknown_and_zero_fill_is_explicit_zeros(toy_trained, query):
-    state = toy_trained.state
+def test_kernel_marks_absent_genes_unknown_and_zero_fill_is_explicit_zeros(trained, query):
+    state = trained.state
     partial, dropped = _drop(query, 0.4, seed=3)
     alignment = kernel.align_genes(state.genes, partial.var)
     np.testing.assert_array_equal(alignment.missing, pd.Index(state.genes).isin(dropped))
@@ -158,8 +168,8 @@ def test_kernel_marks_absent_genes_unknown_and_zero_fill_is_explicit_zeros(toy_t
         kernel.classify_chunk(partial.X, alignment, state, missing_genes="drop")
 
 
-def test_classify_records_how_missing_genes_were_read(toy_trained, query):
-    state = toy_trained.state
+def test_classify_records_how_missing_genes_were_read(trained, query):
+    state = trained.state
     partial, dropped = _drop(query, 0.3, seed=1)
     gs.tl.classify(partial, state)
     overlap = partial.uns["ginseng"]["classify"]["gene_overlap"]
@@ -167,9 +177,9 @@ def test_classify_records_how_missing_genes_were_read(toy_trained, query):
     assert overlap["n_missing"] == len(dropped) == state.n_genes - overlap["n_found"]
 
 
-def test_mean_imputation_is_at_least_as_accurate_as_zero_fill(toy_trained, query):
+def test_mean_imputation_is_at_least_as_accurate_as_zero_fill(trained, query):
     """Half the model's genes dropped, three draws: imputing the mean does not lose."""
-    state = toy_trained.state
+    state = trained.state
     truth = query.obs["cell_type"].astype(str).to_numpy()
     acc = {"mean": [], "zero": []}
     for seed in range(3):
@@ -211,3 +221,32 @@ def test_training_with_masking_as_unknown(make_toy):
     assert state.metrics["accuracy"] > 0.9
     with pytest.raises(gs.InputError, match="mask_as"):
         gs.tl.train(adata, "cell_type", epochs=1, mask_as="mean", **quick)
+
+
+def test_models_without_statistics_still_zero_fill(toy_trained, query):
+    """Files written before the statistics were fitted for every model read as before.
+
+    Such a model (no standardisation, no ``impute_missing`` in its config) stored zero
+    means and unit scales; a missing gene was a zero count and the target unscaled.
+    """
+    from dataclasses import replace
+
+    from ginseng.model.network import missing_genes_note
+
+    state = toy_trained.state
+    assert not state.config["standardize"] and state.config["impute_missing"]
+    params = dict(state.params)
+    params["gene_mean"] = np.zeros(state.n_genes, np.float32)
+    params["gene_scale"] = np.ones(state.n_genes, np.float32)
+    config = {k: v for k, v in state.config.items() if k != "impute_missing"}
+    old = replace(state, config=config, params=params)
+    assert missing_genes_note(old.config) == "zero-filled"
+    missing = np.zeros(state.n_genes, bool)
+    missing[::3] = True
+    X = query[:, state.genes].X.toarray()
+    X[:, missing] = 0.0
+    np.testing.assert_allclose(
+        old.predict_logits(X, missing=missing), old.predict_logits(X), rtol=1e-5, atol=1e-5
+    )
+    # The new model imputes: the same input gives other logits.
+    assert np.abs(state.predict_logits(X, missing=missing) - state.predict_logits(X)).max() > 1e-2

@@ -53,7 +53,7 @@ def network_config(
     dropout_rate: float = 0.2,
     normalize: bool = True,
     target_sum: float = 1e4,
-    standardize: bool = True,
+    standardize: bool = False,
 ) -> dict[str, Any]:
     """Return the JSON-able config from which :class:`GinsengClassifier` is rebuilt."""
     return {
@@ -69,7 +69,20 @@ def network_config(
         "log1p": True,
         "standardize": bool(standardize),
         "clip": CLIP,
+        # The per-gene statistics are fitted whether or not the model standardises, so
+        # a gene the query lacks is read as its training mean (see imputes_missing).
+        "impute_missing": True,
     }
+
+
+def imputes_missing(config: dict[str, Any]) -> bool:
+    """Whether the model reads a gene the query lacks as its training mean.
+
+    True for models that standardise and for every model with ``impute_missing`` in its
+    config (written since the statistics are fitted for all models); older models
+    without standardisation stored no statistics and read a missing gene as zero.
+    """
+    return bool(config.get("standardize", True) or config.get("impute_missing", False))
 
 
 def log_normalize(x: Any, *, normalize: bool, target_sum: float, xp: Any = jnp) -> Any:
@@ -149,7 +162,10 @@ class GinsengClassifier(nnx.Module):
         if cfg["standardize"]:
             h = jnp.clip((h - self.gene_mean[...]) * self.gene_scale[...], -CLIP, CLIP)
         if present is not None:
-            h = jnp.where(present > 0, h, 0.0)
+            # The training mean: 0 after standardisation, else the stored log-mean
+            # (zeros in models that stored no statistics, i.e. zero-filled).
+            fill = 0.0 if cfg["standardize"] else self.gene_mean[...]
+            h = jnp.where(present > 0, h, fill)
         return h
 
     def __call__(
@@ -174,7 +190,7 @@ class GinsengClassifier(nnx.Module):
         with ``mask_as="unknown"``); 1 without normalisation or standardisation.
         """
         cfg = self.config
-        if not (cfg["normalize"] and cfg["standardize"]):
+        if not (cfg["normalize"] and imputes_missing(cfg)):
             return jnp.ones((present.shape[0], 1), jnp.float32)
         std = 1.0 / self.gene_scale[...]
         expected = jnp.maximum(jnp.expm1(self.gene_mean[...] + jnp.square(std) / 2.0), 0.0)
@@ -240,6 +256,10 @@ def first_linear_sparse(
         values = np.clip((values - mean[X.indices]) * scale[X.indices], -CLIP, CLIP)
         values = values - h0[X.indices]
         offset = h0 @ kernel + bias
+    elif missing is not None and np.asarray(missing, bool).any():
+        # A missing gene reads as its stored log-mean (0 in models without statistics).
+        fill = np.where(np.asarray(missing, bool), params["gene_mean"], np.float32(0.0))
+        offset = fill.astype(np.float32) @ kernel + bias
     else:
         offset = bias
     D = sp.csr_matrix((values.astype(np.float32), X.indices, X.indptr), shape=X.shape)
@@ -259,7 +279,7 @@ def present_share(config: dict[str, Any], params: dict[str, np.ndarray], missing
     normalises nor standardises (no statistics to estimate from).
     """
     missing = np.asarray(missing, dtype=bool)
-    if not missing.any() or not (config.get("normalize") and config.get("standardize")):
+    if not missing.any() or not (config.get("normalize") and imputes_missing(config)):
         return 1.0
     mean = np.asarray(params["gene_mean"], np.float64)
     std = 1.0 / np.asarray(params["gene_scale"], np.float64)
@@ -273,11 +293,12 @@ def present_share(config: dict[str, Any], params: dict[str, np.ndarray], missing
 def missing_genes_note(config: dict[str, Any]) -> str:
     """How a model built from ``config`` reads genes the query lacks (for ``uns``).
 
-    ``"mean-imputed"`` when the model standardises (a missing gene is set to its
-    training mean, 0 in standardised space); otherwise ``"zero-filled"`` (without
-    standardisation there is no stored mean, and 0 is log1p of a zero count).
+    ``"mean-imputed"`` when the model stores its training statistics (a missing gene
+    is set to its training mean, 0 in standardised space; see :func:`imputes_missing`);
+    otherwise ``"zero-filled"`` (older models without standardisation stored no mean,
+    and 0 is log1p of a zero count).
     """
-    return "mean-imputed" if config.get("standardize", True) else "zero-filled"
+    return "mean-imputed" if imputes_missing(config) else "zero-filled"
 
 
 def gene_statistics(

@@ -316,10 +316,10 @@ class GinsengClassifierTrainer:
             standardize=s.standardize,
         )
         model = GinsengClassifier(config, rngs=nnx.Rngs(s.seed))
-        if s.standardize:
-            mean, scale = gene_statistics(self._statistics_sample(batch, stats_seed), config)
-            model.gene_mean[...] = jnp.asarray(mean)
-            model.gene_scale[...] = jnp.asarray(scale)
+        # Fitted with or without standardisation: they impute a query's missing genes.
+        mean, scale = gene_statistics(self._statistics_sample(batch, stats_seed), config)
+        model.gene_mean[...] = jnp.asarray(mean)
+        model.gene_scale[...] = jnp.asarray(scale)
         return model
 
     def _statistics_sample(self, batch: int, seed: int) -> Iterator[np.ndarray]:
