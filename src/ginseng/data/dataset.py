@@ -73,6 +73,8 @@ class GinsengDataset:
         self.path = Path(path).expanduser()
         self._group: Any
         self._group, self._attrs = open_store(self.path)
+        # Read once: a small reference streams hundreds of passes, each asking for its split.
+        self._splits: dict[str, np.ndarray] | None = None
 
     # ------------------------------------------------------------------ creation
     @classmethod
@@ -256,12 +258,13 @@ class GinsengDataset:
     @property
     def splits(self) -> dict[str, np.ndarray]:
         """The stored splits, name -> sorted int64 store rows (empty before :meth:`make_split`)."""
-        if "splits" not in self._group:
-            return {}
-        group = self._group["splits"]
-        return {
-            name: np.asarray(group[name][:], dtype=np.int64) for name in sorted(group.array_keys())
-        }
+        if self._splits is None:
+            group: Any = self._group["splits"] if "splits" in self._group else None
+            names = [] if group is None else sorted(group.array_keys())
+            self._splits = {name: np.asarray(group[name][:], dtype=np.int64) for name in names}
+            for rows in self._splits.values():
+                rows.flags.writeable = False  # shared by every stream: never changed
+        return {name: rows.copy() for name, rows in self._splits.items()}
 
     # -------------------------------------------------------------------- splits
     def make_split(
@@ -353,6 +356,7 @@ class GinsengDataset:
             )
         target.attrs.update(info)
         self._group = zarr.open_group(self.path, mode="r", zarr_format=3)
+        self._splits = None
 
     @property
     def split_info(self) -> dict:
@@ -363,7 +367,8 @@ class GinsengDataset:
     def _rows(self, split: str) -> np.ndarray:
         if split == "all":
             return np.arange(self.n_cells, dtype=np.int64)
-        splits = self.splits
+        self.splits  # noqa: B018 - reads and caches them
+        splits = self._splits or {}
         if split not in splits:
             hint = " Call make_split() first." if not splits else ""
             raise InputError(f"Unknown split {split!r}; available: {['all', *splits]}.{hint}")
