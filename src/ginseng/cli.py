@@ -90,13 +90,16 @@ def _train(args: argparse.Namespace) -> int:
 
     _check_output(args.out, "--out")
     adata = _read(args.input, backed=True)
-    if args.n_top_genes:
+    query_genes = None if args.query is None else _read(args.query, backed=True).var_names
+    if args.n_top_genes:  # asked for explicitly: more than the genes there are is an error
         pp.select_hvgs(adata, n_top_genes=args.n_top_genes, layer=args.layer)
     state = tl.train(
         adata,
         args.labels,
         layer=args.layer,
         genes=_genes(adata, args.genes),
+        **({"n_top_genes": None} if args.n_top_genes == 0 else {}),  # type: ignore[arg-type]
+        query_genes=query_genes,
         group_key=args.group,
         group_level=args.group is not None,  # --group promises whole groups held out
         epochs=args.epochs,
@@ -207,7 +210,14 @@ def _parser() -> argparse.ArgumentParser:
         "var['ginseng_genes'] if present, else all genes)",
     )
     train.add_argument(
-        "--n-top-genes", type=int, help="select this many highly variable genes first"
+        "--n-top-genes", type=int,
+        help="train on this many highly variable genes (default: 3000, or all genes if "
+        "there are no more; 0: all genes)",
+    )  # fmt: skip
+    train.add_argument(
+        "--query",
+        help="a file you will annotate (same formats as input): train only on the genes it "
+        "measures",
     )
     train.add_argument("--group", help="obs column of donors/batches (for group holdouts)")
     train.add_argument("--epochs", type=int, default=10, help="default: %(default)s")

@@ -24,6 +24,7 @@ __all__ = [
     "matrix_name",
     "new_file",
     "read_adata",
+    "select_genes",
     "staged_update",
     "write_results",
 ]
@@ -50,5 +51,6 @@ __getattr__, __dir__ = lazy_attributes(
         "staged_update": "._atomic:staged_update",
         "detect_format": "._formats:detect_format",
         "read_adata": "._read:read_adata",
+        "select_genes": "._inputs:select_genes",
     },
 )

@@ -246,5 +246,7 @@ def _mismatch_message(best, model_genes, var, tried, min_overlap) -> str:
         f"({best.fraction:.1%}) were found in the query (best match: {best.source}; tried "
         f"{', '.join(tried)}); at least {min_overlap:.0%} are required.{cause} Model genes: "
         f"{examples_model}, ...; query var_names: {examples_query}, .... Lower "
-        "min_gene_overlap= only if you accept predictions from a partial gene panel."
+        "min_gene_overlap= only if you accept predictions from a partial gene panel; "
+        "better, retrain on the genes the query measures: gs.tl.train(reference, ..., "
+        "query_genes=query.var_names)."
     )

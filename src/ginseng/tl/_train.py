@@ -17,6 +17,7 @@ from .._errors import InputError
 from .._logging import timed
 from ..train.settings import GinsengClassifierTrainerSettings
 from ._record import drop_none, model_summary
+from ._train_genes import DEFAULT_N_TOP_GENES, training_genes
 
 if TYPE_CHECKING:
     from ..model.state import GinsengModelState
@@ -29,6 +30,8 @@ def train(
     *,
     layer: str | None = None,
     genes: str | Sequence[str] | np.ndarray | None = None,
+    n_top_genes: int | None = DEFAULT_N_TOP_GENES,
+    query_genes: Sequence[str] | np.ndarray | None = None,
     group_key: str | None = None,
     epochs: int = 10,
     store: str | os.PathLike | None = None,
@@ -60,7 +63,22 @@ def train(
     genes
         Genes to train on: the name of a boolean ``var`` column, a list of gene names or
         a boolean mask. ``None`` uses ``"ginseng_genes"`` (from
-        :func:`ginseng.pp.select_hvgs`) when that column exists, else all genes.
+        :func:`ginseng.pp.select_hvgs`) when that column exists, else ``n_top_genes``.
+    n_top_genes
+        When ``genes`` is ``None`` and ``var`` has no ``"ginseng_genes"`` column, train
+        on this many highly variable genes of ``adata`` (:func:`ginseng.pp.select_hvgs`,
+        seurat_v3 on the counts, ``adata`` left unchanged); all genes when there are
+        not more than this. ``None`` trains on all genes. The default, 3,000 genes,
+        transferred better to other studies than all genes on the transfer benchmark
+        (most across species) and trains several times faster on whole-transcriptome
+        references.
+    query_genes
+        Gene names of the data you will annotate (e.g. ``query.var_names``): train only
+        on reference genes it measures, so that no model gene is missing when
+        classifying it (missing genes are imputed, but a model that never relied on
+        them transfers better: on the transfer benchmark, +0.09 macro-F1 with 40% of
+        the genes shared). With ``n_top_genes``, the most variable genes of the
+        reference among the shared ones are taken. Refused when no gene is shared.
     group_key
         ``obs`` column of groups (donor, batch); with ``group_level=True`` whole groups
         are held out.
@@ -134,6 +152,9 @@ def train(
         adata = read_adata(adata, backed="r" if str(adata).endswith(".h5ad") else None)
     if genes is None and _keys.VAR_GENES in adata.var.columns:
         genes = _keys.VAR_GENES
+    genes = training_genes(
+        adata, genes, n_top_genes=n_top_genes, query_genes=query_genes, layer=layer
+    )
 
     with (
         timed(f"training a ginseng classifier on obs[{label_key!r}]"),
@@ -154,15 +175,23 @@ def train(
         _, state = GinsengClassifierTrainer(dataset, settings).fit(epochs)
 
     if user_adata is not None:
-        _record(user_adata, state, label_key, layer, genes, group_key, epochs, store, settings)
+        _record(
+            user_adata, state, label_key, layer, genes, n_top_genes, query_genes, group_key,
+            epochs, store, settings,
+        )  # fmt: skip
     return state
 
 
-def _record(adata, state, label_key, layer, genes, group_key, epochs, store, settings) -> None:
+def _record(
+    adata, state, label_key, layer, genes, n_top_genes, query_genes, group_key, epochs, store,
+    settings,
+) -> None:  # fmt: skip
     params = {
         "label_key": label_key,
         "layer": layer,
         "genes": genes if isinstance(genes, str) else None,
+        "n_top_genes": n_top_genes,
+        "query_genes": None if query_genes is None else len(query_genes),
         "n_genes": state.n_genes,
         "group_key": group_key,
         "epochs": int(epochs),

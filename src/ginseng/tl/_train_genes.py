@@ -1,0 +1,95 @@
+"""Which reference genes ``ginseng.tl.train`` trains on."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+from .. import _keys
+from .._errors import InputError
+from .._logging import logger
+from .._validate import positive_int
+
+# Highly variable genes trained on by default (see gs.tl.train's n_top_genes).
+DEFAULT_N_TOP_GENES = 3000
+
+
+def training_genes(
+    adata: AnnData,
+    genes: Any,
+    *,
+    n_top_genes: int | None,
+    query_genes: Sequence[str] | np.ndarray | None,
+    layer: str | None,
+) -> Any:
+    """The ``genes`` argument for the store: as given, or chosen as ``gs.tl.train`` documents.
+
+    Returns ``genes`` unchanged when no rule applies (``None``: all genes), else a
+    boolean mask over ``adata.var_names``.
+    """
+    if n_top_genes is not None:
+        n_top_genes = positive_int("n_top_genes", n_top_genes)
+    if genes is None and _keys.VAR_GENES in adata.var.columns:
+        genes = _keys.VAR_GENES
+    shared = None if query_genes is None else _shared_with_query(adata, query_genes)
+    if genes is not None:
+        if shared is None:
+            return genes
+        from ..data import select_genes
+
+        mask = np.zeros(adata.n_vars, dtype=bool)
+        mask[select_genes(adata, genes)] = True
+        return _require_some(mask & shared, adata, f"the {int(mask.sum())} chosen genes")
+    candidates = np.ones(adata.n_vars, dtype=bool) if shared is None else shared
+    if n_top_genes is None or candidates.sum() <= n_top_genes:
+        return None if shared is None else candidates
+    from ..pp import select_hvgs
+
+    table = select_hvgs(adata, n_top_genes=n_top_genes, layer=layer, inplace=False)
+    assert table is not None
+    if shared is None:
+        mask = np.asarray(table["selected"].to_numpy(), dtype=bool)
+    else:
+        # The most variable genes of the whole reference, among those the query has.
+        score = np.where(shared, table["variances_norm"].to_numpy(dtype=np.float64), -np.inf)
+        mask = np.zeros(adata.n_vars, dtype=bool)
+        mask[np.argsort(-score, kind="stable")[:n_top_genes]] = True
+    logger.info(
+        "training on the %d most variable of %d%s genes (n_top_genes=%d; None trains on all)",
+        int(mask.sum()),
+        int(candidates.sum()),
+        "" if shared is None else " shared",
+        n_top_genes,
+    )
+    return mask
+
+
+def _shared_with_query(adata: AnnData, query_genes: Any) -> np.ndarray:
+    if isinstance(query_genes, AnnData):
+        raise InputError("query_genes takes gene names; pass query.var_names, not the AnnData.")
+    names = pd.Index(np.asarray(query_genes).astype(str).ravel())
+    shared = np.asarray(adata.var_names.isin(names), dtype=bool)
+    logger.info(
+        "%d of the reference's %d genes are among the %d query genes",
+        int(shared.sum()),
+        adata.n_vars,
+        len(names),
+    )
+    return _require_some(shared, adata, f"the reference's {adata.n_vars} genes", names)
+
+
+def _require_some(
+    mask: np.ndarray, adata: AnnData, what: str, names: pd.Index | None = None
+) -> np.ndarray:
+    if mask.any():
+        return mask
+    query = "" if names is None else f"; query genes: {', '.join(map(str, names[:3]))}, ..."
+    raise InputError(
+        f"None of {what} is in query_genes "
+        f"(reference var_names: {', '.join(map(str, adata.var_names[:3]))}, ...{query}). "
+        "Both must use the same gene identifiers (symbols or Ensembl ids)."
+    )
