@@ -97,7 +97,7 @@ def run_ginseng(
     x = align_counts(test_adata.X, test_adata.var_names, list(state.genes))
     proba = np.asarray(state.predict_proba(x, calibrated=True))
     predict_s = time.perf_counter() - t0
-    return PeerResult.from_proba(proba, state.label_names, train_s, predict_s)
+    return PeerResult.from_proba(proba, state.labels, train_s, predict_s)
 
 
 def _subset(adata: ad.AnnData, mask: np.ndarray, label_key: str) -> ad.AnnData:

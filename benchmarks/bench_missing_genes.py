@@ -21,7 +21,8 @@ query keeps only those genes, as a query measured on a smaller panel would. Meth
   it has; CellTypist drops the model's missing features from the linear model).
 
 CellTypist runs in another Python (``--celltypist-python``, default
-``/work/venv-bench/bin/python``), fed through temporary ``.h5ad`` files.
+``$GINSENG_BENCH_PEERS_PYTHON`` or this interpreter), fed through temporary ``.h5ad``
+files.
 
 Examples
 --------
@@ -239,7 +240,9 @@ def main(argv: list[str] | None = None) -> None:
         default="zero",
         help="training setting mask_as: what the gene-masking augmentation makes of a gene",
     )
-    parser.add_argument("--celltypist-python", default="/work/venv-bench/bin/python")
+    parser.add_argument(
+        "--celltypist-python", default=os.environ.get("GINSENG_BENCH_PEERS_PYTHON", sys.executable)
+    )
     parser.add_argument("--celltypist-worker", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=RESULTS / "missing_genes.md")
     args = parser.parse_args(argv)

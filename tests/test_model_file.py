@@ -81,7 +81,8 @@ def test_file_layout(saved, toy_trained):
     assert parts["history"] == state.history
     assert parts["provenance"] == state.provenance
     documented = {"architecture", "n_genes", "n_labels", "hidden_dim", "n_layers", "dropout_rate",
-                  "activation", "normalize", "target_sum", "log1p", "standardize", "clip"}  # fmt: skip
+                  "activation", "normalize", "target_sum", "log1p", "standardize", "clip",
+                  "impute_missing"}  # fmt: skip
     assert set(parts["config"]) == documented
     assert parts["config"]["n_genes"] == 50 and parts["config"]["n_labels"] == 4
     assert parts["metrics"]["temperature"] == state.temperature

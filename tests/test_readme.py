@@ -109,13 +109,17 @@ def test_readme_python_example(toy):
     import matplotlib.pyplot as plt
 
     (block,) = code_blocks("README.md", "python")
-    namespace = {"ref": toy["reference"].copy(), "query": toy["query"].copy()}
+    # The query lacks 200 of the reference's genes: query_genes= leaves them out.
+    query = toy["query"][:, 200:].copy()
+    namespace = {"ref": toy["reference"].copy(), "query": query}
     try:
         exec(compile(block, "README.md", "exec"), namespace)
     finally:
         plt.close("all")
     ref, query, state = namespace["ref"], namespace["query"], namespace["state"]
-    assert ref.var["ginseng_genes"].sum() == 2000 == state.n_genes
+    assert list(state.genes) == list(query.var_names)  # 1,800 (< n_top_genes=3000)
+    assert "ginseng_genes" not in ref.var  # training chose genes without writing var
+    assert query.uns["ginseng"]["classify"]["gene_overlap"]["n_missing"] == 0
     assert accuracy(query.obs["ginseng_cell_type"], query.obs["cell_type"]) >= ACCURACY_FLOOR
 
 
@@ -125,13 +129,14 @@ def test_cli_doc_examples(toy, tmp_path):
     (block,) = code_blocks("docs/cli.md", "bash")
     commands = ginseng_commands(block)
     assert [c.split()[1] for c in commands] == ["train", "info", "annotate", "demo"]
-    write(tmp_path, **{"reference.h5ad": toy["reference"], "query.h5ad": toy["query"]})
+    query = toy["query"][:, 100:].copy()  # lacks 100 of the reference's genes
+    write(tmp_path, **{"reference.h5ad": toy["reference"], "query.h5ad": query})
     outputs = [run_command(command, tmp_path).stdout for command in commands]
     state = load_model(tmp_path / "model.h5")
-    assert state.n_genes == 2000  # --n-top-genes 2000 of the 2000 genes
+    assert list(state.genes) == list(query.var_names)  # --query query.h5ad: its 1,900 genes
     assert outputs[1].strip() == str(state).strip()  # ginseng info prints the model card
     preds = pd.read_csv(tmp_path / "predictions.csv", index_col=0)
-    truth = toy["query"].obs["cell_type"]
+    truth = query.obs["cell_type"]
     assert list(preds.index) == list(truth.index)
     assert (
         (preds["ginseng_confidence"] < 0.5) == (preds["ginseng_cell_type"] == "Unassigned")
@@ -153,11 +158,13 @@ def test_readme_demo_command():
 def test_index_quick_start(toy, tmp_path, monkeypatch):
     blocks = code_blocks("docs/index.md", "python")
     assert len(blocks) == 1
-    write(tmp_path, **{"reference.h5ad": toy["reference"], "query.h5ad": toy["query"]})
+    query = toy["query"][:, 300:].copy()  # lacks 300 of the reference's genes
+    write(tmp_path, **{"reference.h5ad": toy["reference"], "query.h5ad": query})
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     exec(compile(blocks[0], "docs/index.md", "exec"), namespace)
     query = namespace["query"]
+    assert list(namespace["model"].genes) == list(query.var_names)  # query_genes=
     assert query.isbacked  # read backed, annotated out of core
     assert (tmp_path / "model.h5").exists()
     assert accuracy(query.obs["ginseng_cell_type"], query.obs["cell_type"]) >= ACCURACY_FLOOR
