@@ -21,7 +21,7 @@ import pytest
 
 import ginseng
 from ginseng import InputError
-from ginseng.data import GinsengDataset
+from ginseng.data import GinsengDataset, block_share
 from ginseng.data.io import load_model
 from ginseng.train import GinsengClassifierTrainer, GinsengClassifierTrainerSettings
 
@@ -35,7 +35,7 @@ CHILD = textwrap.dedent(
     import json, sys
 
     import ginseng as gs
-    from ginseng.data import GinsengDataset
+    from ginseng.data import GinsengDataset, block_share
     from ginseng.data.io import save_model
     from ginseng.train import GinsengClassifierTrainer, GinsengClassifierTrainerSettings
 
@@ -125,6 +125,32 @@ def test_two_devices_train_as_one(store, tmp_path):
     assert (two.predict(X) == one.predict(X)).all()
     assert two.history["epoch"] == one.history["epoch"]
     np.testing.assert_allclose(two.history["train_loss"], one.history["train_loss"], rtol=1e-4)
+
+
+def test_stream_shards_are_disjoint_whole_blocks_covering_the_split(make_toy, tmp_path):
+    """``stream(shard=(i, n))`` reads the blocks ``b % n == i`` of the split, nothing else."""
+    adata = make_toy(n_cells=700, n_genes=20, n_types=3, seed=13)
+    ds = GinsengDataset.create(tmp_path / "s.zarr", adata, "cell_type")
+    ds.make_split(0.2, seed=0)
+    train, block = ds.splits["train"], 64
+    dense = adata.X.toarray()
+    seen = []
+    for i in range(3):
+        batches = list(ds.stream(50, "train", shuffle=False, block_size=block, shard=(i, 3)))
+        X, y = [b[0] for b in batches], [b[1] for b in batches]
+        expected = train[(train // block) % 3 == i]  # the documented rule
+        np.testing.assert_array_equal(np.concatenate(X), dense[ds.cell_index[expected]])
+        np.testing.assert_array_equal(np.concatenate(y), ds.labels[expected])
+        np.testing.assert_array_equal(block_share(train, block, i, 3), expected)
+        seen.append(expected)
+    np.testing.assert_array_equal(np.sort(np.concatenate(seen)), train)
+    # shuffled and balanced streams stay within the share
+    stream = ds.stream(16, "train", balance_labels=True, seed=1, block_size=block, shard=(1, 3))
+    share = {tuple(row) for row in dense[ds.cell_index[seen[1]]]}
+    assert {tuple(row) for X, _ in stream for row in X} <= share
+    for bad in [(3, 3), (-1, 2), (0,), "01"]:
+        with pytest.raises(InputError, match="shard"):
+            next(ds.stream(16, "train", shard=bad))
 
 
 def test_init_distributed_after_jax_started_is_refused():

@@ -14,6 +14,7 @@ __all__ = [
     "GinsengDataset",
     "align_genes",
     "backed_mode",
+    "block_share",
     "check_finite_nonnegative",
     "check_raw_counts",
     "check_writable",
@@ -49,6 +50,7 @@ __getattr__, __dir__ = lazy_attributes(
         "new_file": "._atomic:new_file",
         "staged_update": "._atomic:staged_update",
         "detect_format": "._formats:detect_format",
+        "block_share": "._stream:block_share",
         "read_adata": "._read:read_adata",
     },
 )

@@ -24,6 +24,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from .._errors import InputError
+from ..data import block_share
 
 DATA_AXIS = "data"
 
@@ -113,15 +114,6 @@ def init_distributed(
     }
 
 
-def block_share(rows: np.ndarray, block_rows: int, index: int, count: int) -> np.ndarray:
-    """The ``rows`` in store blocks ``b`` (of ``block_rows`` rows) with ``b % count == index``.
-
-    Process ``index`` of ``count`` streams these: the shares are disjoint, cover
-    ``rows`` and are made of whole blocks, so every read stays contiguous.
-    """
-    return rows[(rows // block_rows) % count == index]
-
-
 @dataclass(frozen=True)
 class DataParallel:
     """The devices of a run and how state and batches are placed on them."""
@@ -181,10 +173,9 @@ class DataParallel:
             )
         return shares[self.process_index], steps
 
-    @staticmethod
-    def stream_batches(
+    def train_stream(
+        self,
         dataset: Any,
-        rows: np.ndarray,
         batch: int,
         steps: int,
         *,
@@ -193,20 +184,23 @@ class DataParallel:
         block_size: int,
         buffer_size: int,
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """``steps`` batches of this process's ``batch / processes`` cells from its ``rows``.
+        """One pass of training batches (this process's part of each, as numpy arrays).
 
-        The same stream as :meth:`~ginseng.data.GinsengDataset.stream` (random blocks, a
-        shuffle buffer, optional label balancing within the share), over ``rows`` only.
+        One process: :meth:`~ginseng.data.GinsengDataset.stream` over the training split.
+        Several: the stream of this process's share of the blocks (the ``shard`` of
+        :meth:`~ginseng.data.GinsengDataset.stream`, :meth:`stream_share`), in batches of
+        ``batch / processes`` cells, cut to the ``steps`` every process takes.
         """
-        from ..data._stream import StreamPlan, iterate
-
-        local = batch // jax.process_count()
-        plan = StreamPlan(
-            rows=rows, batch_size=local, shuffle=True, balance_labels=balance_labels,
-            drop_last=True, block_rows=block_size, buffer_rows=max(buffer_size, local),
+        if self.processes == 1:
+            return dataset.stream(
+                batch, "train", shuffle=True, balance_labels=balance_labels, seed=seed,
+                drop_last=True, block_size=block_size, buffer_size=buffer_size,
+            )  # fmt: skip
+        batches = dataset.stream(
+            batch // self.processes, "train", shuffle=True, balance_labels=balance_labels,
+            seed=seed, drop_last=True, block_size=block_size, buffer_size=buffer_size,
+            shard=(self.process_index, self.processes),
         )  # fmt: skip
-        rng = np.random.default_rng(seed)
-        batches = iterate(dataset._reader(), dataset.labels, plan, rng, dataset.n_cells)
         return itertools.islice(batches, steps)
 
     def replicate(self, tree: Any) -> Any:
@@ -257,9 +251,11 @@ class DataParallel:
 
         return step
 
-    def barrier(self, name: str) -> None:
-        """Wait until every process gets here (nothing to wait for with one process)."""
+    def first_process(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """Call ``function`` on process 0 only, and wait there until it has returned."""
+        if self.process_index == 0:
+            function(*args, **kwargs)
         if self.processes > 1:
             from jax.experimental import multihost_utils
 
-            multihost_utils.sync_global_devices(name)
+            multihost_utils.sync_global_devices(f"ginseng: {function.__name__} done")

@@ -40,6 +40,7 @@ from ._loop import (
     train_epoch,
 )
 from .augment import Augmentation
+from .calibration import holdout_split
 
 if TYPE_CHECKING:
     from ..data.dataset import GinsengDataset
@@ -254,7 +255,9 @@ class GinsengClassifierTrainer:
         metrics = calibrate(best.holdout, label_names)
         metrics["best_epoch"] = int(best.epoch)
         metrics["holdout_fraction"] = plan.realised_fraction
-        metrics.update(self._holdout_split(plan, metrics["ece"]))
+        metrics.update(
+            holdout_split(self.dataset, plan.test_rows, self.settings.group_level, metrics["ece"])
+        )
         model_state = GinsengModelState(
             params=flat_params(model),
             config=model.config,
@@ -269,42 +272,13 @@ class GinsengClassifierTrainer:
         return FitResult(model, model_state)
 
     # ------------------------------------------------------------------ pieces
-    def _holdout_split(self, plan: _Plan, ece: float) -> dict[str, Any]:
-        """What the temperature was fitted on: random cells or whole held-out groups.
-
-        With ``group_level`` the holdout is made of whole groups (donors, batches) the
-        network never saw, so its ECE (``ece_heldout_groups``) estimates the calibration
-        on a new group; a random-cell holdout shares donors and batches with training and
-        says little about a new lab (see the calibration page of the docs).
-        """
-        ds = self.dataset
-        names, groups = ds.group_names, ds.groups
-        if not self.settings.group_level or names is None or groups is None:
-            if names is not None:
-                logger.info(
-                    "the temperature is fitted on random held-out cells; group_level=True "
-                    "fits it on whole held-out groups (%d in the store), which predicts the "
-                    "calibration on a new batch or study better",
-                    len(names),
-                )
-            return {"holdout_split": "cells"}
-        held = np.unique(groups[plan.test_rows])
-        return {
-            "holdout_split": "groups",
-            "n_heldout_groups": int(held.size),
-            "heldout_groups": [str(g) for g in names[held]],
-            "ece_heldout_groups": float(ece),
-        }
-
     def _plan(self, epochs: int) -> _Plan:
         """Make the holdout split; choose the batch size and the passes per epoch."""
         s, ds, dp = self.settings, self.dataset, DataParallel.detect()
-        if dp.process_index == 0:  # with several processes, one writes the split
-            ds.make_split(
-                s.holdout_fraction, stratify_group=s.group_level, group_mode=s.group_mode,
-                seed=s.seed,
-            )  # fmt: skip
-        dp.barrier("ginseng: split written")
+        dp.first_process(  # with several processes, one writes the split
+            ds.make_split, s.holdout_fraction, stratify_group=s.group_level,
+            group_mode=s.group_mode, seed=s.seed,
+        )  # fmt: skip
         train, test = ds.splits["train"], ds.splits["test"]
         if train.size == 0:
             raise InputError(
@@ -368,22 +342,11 @@ class GinsengClassifierTrainer:
     def _train_batches(
         self, plan: _Plan, seeds: np.ndarray
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """One epoch of training batches: a pass over the training split per seed.
-
-        With several processes, a pass over this process's share of the blocks, cut to
-        the steps every process can take.
-        """
-        balance = self.settings.balance_train
+        """One epoch of training batches: a pass over the training split per seed."""
         for seed in seeds:
-            if plan.devices.processes > 1:
-                yield from plan.devices.stream_batches(
-                    self.dataset, plan.stream_rows, plan.batch_size, plan.steps_per_pass,
-                    seed=int(seed), balance_labels=balance, **STREAM_BUFFERS,
-                )  # fmt: skip
-                continue
-            yield from self.dataset.stream(
-                plan.batch_size, "train", shuffle=True, balance_labels=balance,
-                seed=int(seed), drop_last=True, **STREAM_BUFFERS,
+            yield from plan.devices.train_stream(
+                self.dataset, plan.batch_size, plan.steps_per_pass,
+                seed=int(seed), balance_labels=self.settings.balance_train, **STREAM_BUFFERS,
             )  # fmt: skip
 
     def _holdout_batches(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
