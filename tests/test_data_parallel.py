@@ -161,6 +161,24 @@ def test_init_distributed_after_jax_started_is_refused():
         gs.train.init_distributed(coordinator_address="127.0.0.1:1", num_processes=2, process_id=0)
 
 
+def test_init_distributed_without_cluster_or_arguments_is_refused():
+    """Outside Slurm and Open MPI, a missing process count is an InputError naming it."""
+    code = (
+        "import ginseng as gs\n"
+        "try:\n"
+        "    gs.train.init_distributed(coordinator_address='127.0.0.1:1', process_id=0)\n"
+        "except gs.InputError as err:\n"
+        "    print('InputError:', err)\n"
+    )
+    env = {k: v for k, v in child_env().items() if not k.startswith(("SLURM_", "OMPI_", "PMI"))}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "InputError: init_distributed(" in out.stdout
+    assert "num_processes=None" in out.stdout and "Number of processes" in out.stdout
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
