@@ -37,7 +37,7 @@ def init_distributed(
     local_device_ids: int | Sequence[int] | None = None,
     initialization_timeout: int = 300,
 ) -> dict[str, Any]:
-    """Join a multi-host training run (:func:`jax.distributed.initialize`).
+    """Join a multi-host training run (``jax.distributed.initialize``).
 
     Call it once per process, before anything in the process uses JAX (training,
     classification, ``jax.devices()``). Under Slurm (``srun``) or Open MPI
