@@ -287,10 +287,10 @@ class GinsengClassifierTrainer:
             )
         batch = dp.batch_size(min(s.batch_size, train.size), train.size)
         if batch < s.batch_size:
-            logger.info(
-                "batch_size reduced to %d (the training cells, or a multiple of the %d "
-                "devices)", batch, dp.count,
-            )  # fmt: skip
+            why = (
+                "the training cells" if batch == train.size else f"a multiple of {dp.count} devices"
+            )
+            logger.info("batch_size reduced to %d, %s", batch, why)
         rows, per_pass = dp.stream_share(train, batch, STREAM_BUFFERS["block_size"])
         # Small training sets get several passes per epoch, so that training takes at
         # least min_steps optimiser steps whatever the number of cells.
