@@ -64,6 +64,8 @@ class GinsengClassifierTrainerSettings:
         Dropout probability after each hidden layer, in ``[0, 1)``.
     batch_size
         Cells per training step (reduced to the number of training cells if larger).
+        On several devices, the batch over all of them, rounded down to a multiple of
+        the device count; each device computes its share of the cells.
     min_steps
         Least number of optimiser steps in a whole training run: when
         ``epochs * (n_train // batch_size)`` is smaller, each epoch makes several passes over

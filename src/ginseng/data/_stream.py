@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import operator
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import scipy.sparse as sp
 
-from .._errors import StoreError
+from .._errors import InputError, StoreError
 from .._validate import positive_int
 from ._chunks import FlatArray
 
@@ -106,6 +107,17 @@ def _blocks(rows: np.ndarray, n_cells: int, block_rows: int) -> list[tuple[int, 
             start = b * block_rows
             blocks.append((start, min(start + block_rows, n_cells), rows[lo:hi]))
     return blocks
+
+
+def block_share(rows: np.ndarray, block_rows: int, index: int, count: int) -> np.ndarray:
+    """The ``rows`` in store blocks ``b`` of ``block_rows`` rows with ``b % count == index``.
+
+    Share ``index`` of ``count`` (e.g. a process of a multi-host training run): the
+    shares are disjoint, together hold every row of ``rows``, and each is made of whole
+    blocks, so that every read stays contiguous. ``stream(..., shard=(index, count))``
+    streams this share.
+    """
+    return rows[(rows // block_rows) % count == index]
 
 
 def _buffers(
@@ -200,6 +212,7 @@ def stream(
     *,
     block_size: int = 4096,
     buffer_size: int = 16_384,
+    shard: tuple[int, int] | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Iterate once over a split in mini-batches of raw counts.
 
@@ -229,6 +242,12 @@ def stream(
         ``False`` otherwise (evaluation sees every cell).
     block_size, buffer_size
         Rows per contiguous read and minimum rows per shuffle buffer.
+    shard
+        ``(index, count)``: stream only share ``index`` of ``count`` disjoint shares of
+        the split, the blocks ``b`` (of ``block_size`` store rows) with
+        ``b % count == index`` (:func:`~ginseng.data.block_share`); each process of a
+        multi-host training run streams its own. Label balancing then weighs labels by
+        their frequency in the share.
 
     Yields
     ------
@@ -252,13 +271,29 @@ def stream(
     ((64, 765), (64,))
     """
     batch_size = positive_int("batch_size", batch_size)
+    block_rows = positive_int("block_size", block_size)
+    rows = self._rows(split)
+    if shard is not None:
+        index, count = _shard(shard)
+        rows = block_share(rows, block_rows, index, count)
     plan = StreamPlan(
-        rows=self._rows(split),
+        rows=rows,
         batch_size=batch_size,
         shuffle=bool(shuffle),
         balance_labels=bool(balance_labels),
         drop_last=bool(shuffle) if drop_last is None else bool(drop_last),
-        block_rows=positive_int("block_size", block_size),
+        block_rows=block_rows,
         buffer_rows=max(positive_int("buffer_size", buffer_size), batch_size),
     )
     return iterate(self._reader(), self.labels, plan, np.random.default_rng(seed), self.n_cells)
+
+
+def _shard(shard: Any) -> tuple[int, int]:
+    """``(index, count)`` with ``0 <= index < count``, or an InputError."""
+    try:
+        index, count = (operator.index(v) for v in shard)
+    except (TypeError, ValueError):
+        raise InputError(f"shard must be (index, count), two integers; got {shard!r}.") from None
+    if not 0 <= index < count:
+        raise InputError(f"shard=({index}, {count}) needs 0 <= index < count.")
+    return index, count

@@ -6,7 +6,12 @@ Only the settings load eagerly; the trainer imports jax, so it loads on first us
 from .._lazy import lazy_attributes
 from .settings import GinsengClassifierTrainerSettings
 
-__all__ = ["FitResult", "GinsengClassifierTrainer", "GinsengClassifierTrainerSettings"]
+__all__ = [
+    "FitResult",
+    "GinsengClassifierTrainer",
+    "GinsengClassifierTrainerSettings",
+    "init_distributed",
+]
 
 __getattr__, __dir__ = lazy_attributes(
     __name__,
@@ -14,5 +19,6 @@ __getattr__, __dir__ = lazy_attributes(
     {
         "FitResult": ".trainer:FitResult",
         "GinsengClassifierTrainer": ".trainer:GinsengClassifierTrainer",
+        "init_distributed": "._devices:init_distributed",
     },
 )

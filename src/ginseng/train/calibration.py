@@ -13,6 +13,8 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
 
+from .._logging import logger
+
 ECE_BINS = 15
 # Temperatures are searched in [1/_T_RANGE, _T_RANGE] on a log scale.
 _T_RANGE = 100.0
@@ -116,3 +118,30 @@ def calibration_report(
     metrics["temperature"] = temperature
     metrics["ece_bins"] = ECE_BINS
     return metrics
+
+
+def holdout_split(dataset: Any, test_rows: np.ndarray, group_level: bool, ece: float) -> dict:
+    """What the temperature was fitted on: random cells or whole held-out groups.
+
+    With ``group_level`` the holdout is made of whole groups (donors, batches) the
+    network never saw, so its ECE (``ece_heldout_groups``) estimates the calibration
+    on a new group; a random-cell holdout shares donors and batches with training and
+    says little about a new lab (see the calibration page of the docs).
+    """
+    names, groups = dataset.group_names, dataset.groups
+    if not group_level or names is None or groups is None:
+        if names is not None:
+            logger.info(
+                "the temperature is fitted on random held-out cells; group_level=True "
+                "fits it on whole held-out groups (%d in the store), which predicts the "
+                "calibration on a new batch or study better",
+                len(names),
+            )
+        return {"holdout_split": "cells"}
+    held = np.unique(groups[test_rows])
+    return {
+        "holdout_split": "groups",
+        "n_heldout_groups": int(held.size),
+        "heldout_groups": [str(g) for g in names[held]],
+        "ece_heldout_groups": float(ece),
+    }

@@ -23,6 +23,7 @@ from .._validate import positive_int
 from ..logging import versions
 from ..model.network import GinsengClassifier, flat_params, gene_statistics, network_config
 from ..model.state import GinsengModelState, data_fingerprint
+from ._devices import DataParallel
 from ._loop import (
     EVAL_BATCH,
     HISTORY_COLUMNS,
@@ -39,6 +40,7 @@ from ._loop import (
     train_epoch,
 )
 from .augment import Augmentation
+from .calibration import holdout_split
 
 if TYPE_CHECKING:
     from ..data.dataset import GinsengDataset
@@ -76,12 +78,15 @@ class _Plan:
     train_rows: np.ndarray
     test_rows: np.ndarray
     realised_fraction: float
-    batch_size: int
+    batch_size: int  # cells per step, over all devices
     passes: int  # over the training cells per epoch
+    devices: DataParallel
+    stream_rows: np.ndarray  # the training rows this process streams
+    steps_per_pass: int
 
     @property
     def steps_per_epoch(self) -> int:
-        return self.passes * (self.train_rows.size // self.batch_size)
+        return self.passes * self.steps_per_pass
 
 
 class GinsengClassifierTrainer:
@@ -95,6 +100,21 @@ class GinsengClassifierTrainer:
         group_mode=settings.group_mode, seed=settings.seed)``.
     settings
         Hyperparameters; defaults to ``GinsengClassifierTrainerSettings()``.
+
+    Attributes
+    ----------
+    stream_rows
+        After :meth:`fit`: the store rows of the training split this process streamed;
+        all of them in a single process, its share of the store's blocks in a
+        multi-host run (:func:`~ginseng.train.init_distributed`).
+
+    Notes
+    -----
+    Training uses every device JAX sees (``jax.devices()``): with several (GPUs, or CPU
+    devices forced with ``JAX_NUM_CPU_DEVICES``), the parameters are replicated and each
+    batch is split between the devices along its cells; ``batch_size`` is then rounded
+    down to a multiple of the device count. The result is that of one device up to
+    float rounding. The devices are recorded in ``state.provenance["devices"]``.
 
     Examples
     --------
@@ -137,6 +157,7 @@ class GinsengClassifierTrainer:
         self.dataset = dataset
         self.settings = settings
         self.history: dict[str, list] = {}
+        self.stream_rows = np.zeros(0, np.int64)
 
     # --------------------------------------------------------------------- fit
     def fit(self, epochs: int = 10, *, progress: bool = True) -> FitResult:
@@ -175,6 +196,7 @@ class GinsengClassifierTrainer:
         epochs = positive_int("epochs", epochs)
         started = time.perf_counter()
         plan = self._plan(epochs)
+        self.stream_rows = plan.stream_rows
         rng = np.random.default_rng(self.settings.seed)
         stream_seeds = rng.integers(0, 2**63, size=(epochs, plan.passes))
         model = self._init_model(plan.batch_size, stats_seed=int(rng.integers(0, 2**63)))
@@ -182,7 +204,8 @@ class GinsengClassifierTrainer:
         tx = self._optimizer(schedule)
         graphdef, params, rest = split_params(model)
         steps = compile_steps(graphdef, tx, Augmentation.from_settings(self.settings))
-        state = TrainState(params, tx.init(params), rest)
+        steps = steps._replace(train_step=plan.devices.step(steps.train_step))
+        state = TrainState(*plan.devices.replicate((params, tx.init(params), rest)))
         state, best = self._train(steps, state, schedule, plan, stream_seeds, progress)
         return self._result(nnx.merge(graphdef, best.params, rest), best, plan, state, started)
 
@@ -197,17 +220,20 @@ class GinsengClassifierTrainer:
     ) -> tuple[TrainState, Best]:
         """The epochs: train, evaluate on the holdout, keep the best, record the history."""
         label_names = np.asarray(self.dataset.label_names, dtype=str)
-        key = jax.random.key(self.settings.seed)
+        dp = plan.devices
+        key = dp.replicate(jax.random.key(self.settings.seed))
         self.history = {column: [] for column in HISTORY_COLUMNS}
-        best = Best(np.inf, 0, jax.tree.map(jnp.copy, state.params), None)
+        best = Best(np.inf, 0, jax.tree.map(jnp.copy, dp.local(state.params)), None)
         epochs = range(1, len(stream_seeds) + 1)
         bar = progress_bar(epochs, desc="training", unit="epoch") if progress else None
         for epoch in epochs if bar is None else bar:
             t0 = time.perf_counter()
-            batches = self._train_batches(plan.batch_size, stream_seeds[epoch - 1])
+            batches = dp.shard(self._train_batches(plan, stream_seeds[epoch - 1]))
             state, train_loss = train_epoch(steps.train_step, state, batches, key)
-            holdout = evaluate(steps.eval_step, state, self._holdout_batches(), label_names)
-            best = keep_best(best, epoch, state.params, holdout)
+            # Each process evaluates the whole holdout on its own copy of the parameters.
+            local = state._replace(params=dp.local(state.params), rest=dp.local(state.rest))
+            holdout = evaluate(steps.eval_step, local, self._holdout_batches(), label_names)
+            best = keep_best(best, epoch, local.params, holdout)
             row = history_row(epoch, train_loss, holdout, float(schedule(max(state.step - 1, 0))))
             row["seconds"] = time.perf_counter() - t0
             for column, value in row.items():
@@ -229,7 +255,9 @@ class GinsengClassifierTrainer:
         metrics = calibrate(best.holdout, label_names)
         metrics["best_epoch"] = int(best.epoch)
         metrics["holdout_fraction"] = plan.realised_fraction
-        metrics.update(self._holdout_split(plan, metrics["ece"]))
+        metrics.update(
+            holdout_split(self.dataset, plan.test_rows, self.settings.group_level, metrics["ece"])
+        )
         model_state = GinsengModelState(
             params=flat_params(model),
             config=model.config,
@@ -244,56 +272,34 @@ class GinsengClassifierTrainer:
         return FitResult(model, model_state)
 
     # ------------------------------------------------------------------ pieces
-    def _holdout_split(self, plan: _Plan, ece: float) -> dict[str, Any]:
-        """What the temperature was fitted on: random cells or whole held-out groups.
-
-        With ``group_level`` the holdout is made of whole groups (donors, batches) the
-        network never saw, so its ECE (``ece_heldout_groups``) estimates the calibration
-        on a new group; a random-cell holdout shares donors and batches with training and
-        says little about a new lab (see the calibration page of the docs).
-        """
-        ds = self.dataset
-        names, groups = ds.group_names, ds.groups
-        if not self.settings.group_level or names is None or groups is None:
-            if names is not None:
-                logger.info(
-                    "the temperature is fitted on random held-out cells; group_level=True "
-                    "fits it on whole held-out groups (%d in the store), which predicts the "
-                    "calibration on a new batch or study better",
-                    len(names),
-                )
-            return {"holdout_split": "cells"}
-        held = np.unique(groups[plan.test_rows])
-        return {
-            "holdout_split": "groups",
-            "n_heldout_groups": int(held.size),
-            "heldout_groups": [str(g) for g in names[held]],
-            "ece_heldout_groups": float(ece),
-        }
-
     def _plan(self, epochs: int) -> _Plan:
         """Make the holdout split; choose the batch size and the passes per epoch."""
-        s, ds = self.settings, self.dataset
-        realised = ds.make_split(
-            s.holdout_fraction, stratify_group=s.group_level, group_mode=s.group_mode, seed=s.seed
-        )
+        s, ds, dp = self.settings, self.dataset, DataParallel.detect()
+        dp.first_process(  # with several processes, one writes the split
+            ds.make_split, s.holdout_fraction, stratify_group=s.group_level,
+            group_mode=s.group_mode, seed=s.seed,
+        )  # fmt: skip
         train, test = ds.splits["train"], ds.splits["test"]
         if train.size == 0:
             raise InputError(
                 f"The training split is empty ({ds.n_cells} cells, holdout_fraction="
                 f"{s.holdout_fraction}); lower holdout_fraction or add cells."
             )
-        batch = min(s.batch_size, train.size)
+        batch = dp.batch_size(min(s.batch_size, train.size), train.size)
         if batch < s.batch_size:
-            logger.info("batch_size reduced to %d, the number of training cells", batch)
+            why = (
+                "the training cells" if batch == train.size else f"a multiple of {dp.count} devices"
+            )
+            logger.info("batch_size reduced to %d, %s", batch, why)
+        rows, per_pass = dp.stream_share(train, batch, STREAM_BUFFERS["block_size"])
         # Small training sets get several passes per epoch, so that training takes at
         # least min_steps optimiser steps whatever the number of cells.
-        passes = max(1, math.ceil(s.min_steps / (epochs * (train.size // batch))))
+        passes = max(1, math.ceil(s.min_steps / (epochs * per_pass)))
         if passes > 1:
             logger.info(
                 "%d passes over the training cells per epoch (min_steps=%d)", passes, s.min_steps
             )
-        return _Plan(train, test, float(realised), batch, passes)
+        return _Plan(train, test, test.size / ds.n_cells, batch, passes, dp, rows, per_pass)
 
     def _init_model(self, batch: int, *, stats_seed: int) -> GinsengClassifier:
         """The network with initial weights and, if standardising, the gene statistics."""
@@ -334,13 +340,13 @@ class GinsengClassifierTrainer:
                 return
 
     def _train_batches(
-        self, batch: int, seeds: np.ndarray
+        self, plan: _Plan, seeds: np.ndarray
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """One epoch of training batches: a pass over the training split per seed."""
         for seed in seeds:
-            yield from self.dataset.stream(
-                batch, "train", shuffle=True, balance_labels=self.settings.balance_train,
-                seed=int(seed), drop_last=True, **STREAM_BUFFERS,
+            yield from plan.devices.train_stream(
+                self.dataset, plan.batch_size, plan.steps_per_pass,
+                seed=int(seed), balance_labels=self.settings.balance_train, **STREAM_BUFFERS,
             )  # fmt: skip
 
     def _holdout_batches(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -389,5 +395,6 @@ class GinsengClassifierTrainer:
             "steps": int(steps),
             "passes_per_epoch": int(plan.passes),
             "train_seconds": round(time.perf_counter() - started, 2),
-            "device": str(jax.devices()[0].platform),
+            "device": plan.devices.platform,
+            "devices": plan.devices.provenance,
         }
