@@ -151,14 +151,12 @@ def _compiled(state: GinsengModelState) -> dict[str, Any]:
         return grads / steps.shape[0], codes, end[rows, codes], start[rows, codes]
 
     @jax.jit
-    def saliency(variables: Any, z0: jax.Array) -> jax.Array:
-        # d log p_c / d z at z0, one row per label c: (n_labels, hidden).
-        n_labels = state.n_labels
+    def saliency(variables: Any, z: jax.Array) -> jax.Array:
+        # d log p_c / d z at each row of z, for every label c: (n_labels, rows, hidden).
+        def picked(c: jax.Array) -> jax.Array:
+            return jax.grad(lambda z: log_proba(variables, z)[:, c].sum())(z)
 
-        def picked(z: jax.Array, c: jax.Array) -> jax.Array:
-            return log_proba(variables, z[None, :])[0, c]
-
-        return jax.vmap(jax.grad(picked), in_axes=(None, 0))(z0, jnp.arange(n_labels))
+        return jax.lax.map(picked, jnp.arange(state.n_labels))
 
     cached = {"integrated": integrated, "saliency": saliency, "variables": variables}
     _COMPILED[state] = cached
@@ -262,18 +260,39 @@ def baseline_log_proba(state: GinsengModelState) -> np.ndarray:
     return np.log(state.predict_proba(zeros)[0].astype(np.float64))
 
 
-def label_saliency(state: GinsengModelState) -> np.ndarray:
-    """``d log p_c / d h`` at the training-mean cell, ``n_labels x n_genes`` (float32).
+def label_saliency(state: GinsengModelState, *, n_samples: int = 2048, seed: int = 0) -> np.ndarray:
+    """Mean ``d log p_c / d h`` over cells drawn from the model's gene statistics.
 
-    ``h`` is the standardised log-normalised expression (one unit is one training
-    standard deviation of the gene). At ``h = 0`` every gene is at its training mean,
-    so this needs the model file only. Without standardisation the point is ``h = 0``
-    in log space, i.e. the zero-count cell.
+    ``n_labels x n_genes`` float32. ``h`` is the standardised log-normalised expression
+    (one unit is one training standard deviation of the gene). The cells are drawn
+    from what the model file stores: each gene independently standard normal in ``h``
+    (its training mean and spread), raised to at least its zero-count value ``h0``, so
+    no model input is below "not expressed". Averaging the gradient over such cells
+    (expected gradients without data) rather than taking it at the single mean cell
+    keeps one saturated point from deciding: on synthetic data with planted markers the
+    mean cell's gradient missed most of them, the average finds them. Without
+    standardisation ``h`` is the log-normalised value and the draws are ``|N(0, 1)|``.
     """
+    import jax.numpy as jnp
+
     W, b = _first_layer(state)
     fns = _compiled(state)
-    grad_z = np.asarray(fns["saliency"](fns["variables"], b.astype(np.float32)))
-    return (grad_z @ W.T).astype(np.float32)
+    h0 = np.zeros(state.n_genes, np.float32)
+    if state.config["standardize"]:
+        from .network import CLIP
+
+        h0 = np.clip(-state.params["gene_mean"] * state.params["gene_scale"], -CLIP, CLIP)
+    rng = np.random.default_rng(seed)
+    total = np.zeros((state.n_labels, W.shape[1]), np.float64)
+    block = 512
+    for start in range(0, n_samples, block):
+        m = min(block, n_samples - start)
+        h = rng.standard_normal((block, state.n_genes), dtype=np.float32)
+        h = np.maximum(h, h0.astype(np.float32))
+        z = jnp.asarray(h @ W + b)
+        grads = np.asarray(fns["saliency"](fns["variables"], z))  # labels x block x hidden
+        total += grads[:, :m].sum(axis=1, dtype=np.float64)
+    return ((total / n_samples) @ W.T.astype(np.float64)).astype(np.float32)
 
 
 def top_k_rows(values: sp.csr_matrix, k: int | None) -> sp.csr_matrix:

@@ -281,14 +281,14 @@ def marker_genes(
 
     The score of gene ``g`` for label ``c`` is the gradient of the calibrated
     log-probability of ``c`` with respect to ``g``'s standardised log-normalised
-    expression, at the training-mean cell (every gene at its training mean, which the
-    model file stores): how many nats ``log p(c)`` gains per training standard deviation
-    of more ``g``, for an average cell. It is a property of the model, cheap (one
-    gradient per label) and needs only the model file. It is local (one point) and
-    discriminative: genes that tell a label from its nearest competitors rank above
-    genes that all of a lineage share (CD3E among several T-cell labels). For a
+    expression, averaged over 2,048 cells drawn from the per-gene training statistics
+    the model file stores (each gene at its training mean plus a standard normal number
+    of standard deviations, never below its zero-count value): how many nats ``log p(c)``
+    gains per training standard deviation of more ``g``, for a typical cell. It needs
+    only the model file and is deterministic. It is discriminative: genes that tell a
+    label from its nearest competitors rank above genes that a whole lineage shares
+    (CD3E among several T-cell labels), see the explanation benchmark. For a
     data-driven view, average :func:`explain`'s attributions over the cells of a label.
-    Without standardisation the point is the zero-count cell.
 
     Parameters
     ----------
