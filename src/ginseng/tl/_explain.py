@@ -64,8 +64,8 @@ def explain(
       gradient at the cell itself (gradient x input) is near zero and noisy; integrating
       along the straight path from the baseline credits the genes that moved the cell
       there. The attributions of a cell add up to ``log p(cell) - log p(zero-count
-      cell)`` up to the ``steps``-point midpoint rule's error (completeness), written to
-      ``obs``. The first layer being linear, each step costs one pass through the
+      cell)`` up to the error of the ``steps``-node Gauss-Legendre rule
+      (completeness), written to ``obs``. The first layer being linear, each step costs one pass through the
       hidden layers only, so ``steps`` is cheap. The library size is held fixed along
       the path: a gene's attribution is the effect of its normalised level.
 
@@ -90,7 +90,8 @@ def explain(
         Attributions kept per cell: the ``n_top`` largest. ``None`` keeps every
         expressed model gene (as many values as the counts have non-zeros).
     steps
-        Points of the midpoint rule along the path (error ~ ``1 / steps**2``).
+        Nodes of the Gauss-Legendre rule along the path (the network is smooth, so a
+        few are accurate; the completeness error is in ``obs``, see above).
     key_added
         Prefix of the keys written.
     gene_key, min_gene_overlap
