@@ -51,6 +51,8 @@ __all__ = ["Attributions", "attribute", "baseline_log_proba", "label_saliency", 
 # Rows per compiled call; smaller blocks are padded to the next power of two.
 ATTRIBUTE_BATCH = 4096
 DEFAULT_STEPS = 16
+# Values of the dense gradient (rows x genes) held at once: 64 MB of float32.
+DENSE_VALUES = 1 << 24
 
 _COMPILED: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
 
@@ -252,10 +254,16 @@ def attribute(
         out_codes[lo : lo + m] = np.asarray(c)[:m]
         end[lo : lo + m] = np.asarray(e)[:m]
         start[lo : lo + m] = np.asarray(s)[:m]
-        # Gradient with respect to h, at the non-zeros only: (grad @ W^T)[row, gene].
-        dense = grad @ W.T
-        rows = np.repeat(np.arange(m), np.diff(block.indptr))
-        data[D.indptr[lo] : D.indptr[lo + m]] = block.data * dense[rows, block.indices]
+        # Gradient with respect to h, at the non-zeros only: (grad @ W^T)[row, gene],
+        # DENSE_VALUES values at a time.
+        step = max(1, DENSE_VALUES // state.n_genes)
+        for a in range(0, m, step):
+            b = min(a + step, m)
+            dense = grad[a:b] @ W.T
+            part = block[a:b]
+            rows = np.repeat(np.arange(b - a), np.diff(part.indptr))
+            offset = D.indptr[lo + a]
+            data[offset : offset + part.nnz] = part.data * dense[rows, part.indices]
     values = sp.csr_matrix((data, D.indices.copy(), D.indptr.copy()), shape=D.shape)
     return Attributions(values, out_codes, end, start)
 
