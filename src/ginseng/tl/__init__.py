@@ -5,7 +5,8 @@ for custom loops and (later) dask.
 """
 
 from ._classify import classify
+from ._explain import explain, marker_genes
 from ._results import results_table
 from ._train import train
 
-__all__: list[str] = ["classify", "results_table", "train"]
+__all__: list[str] = ["classify", "explain", "marker_genes", "results_table", "train"]
