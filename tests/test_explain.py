@@ -19,8 +19,10 @@ LAYER = "ginseng_attributions"
 
 
 @pytest.fixture(scope="module")
-def toy(toy_trained):
-    return toy_trained.adata, toy_trained.state
+def toy(toy_trained_standardized):
+    # Exact attributions need a standardised model (see docs/explain.md, "Models without
+    # standardisation"); test_default_models_are_warned_about covers the default.
+    return toy_trained_standardized.adata, toy_trained_standardized.state
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +31,7 @@ def pbmc():
     before = gs.settings.progress_bar
     gs.settings.progress_bar = False
     adata = gs.datasets.pbmc68k_counts()
-    state = gs.tl.train(adata, "bulk_labels", epochs=8, seed=0, hidden_dim=64)
+    state = gs.tl.train(adata, "bulk_labels", epochs=8, seed=0, hidden_dim=64, standardize=True)
     gs.settings.progress_bar = before
     return adata, state
 
@@ -259,3 +261,14 @@ def test_pl_markers(pbmc, tmp_path):
     table = gs.tl.marker_genes(state, n_top=2)
     present = set(query.obs["ginseng_cell_type"].astype(str))
     assert shown == table[table["label"].isin(present)]["gene"].tolist()
+
+
+def test_default_models_are_warned_about(toy_trained, caplog):
+    """Without standardisation the zero-count baseline is degenerate: said, not hidden."""
+    adata, state = toy_trained.adata, toy_trained.state
+    assert not state.config["standardize"]
+    query = adata[:20].copy()
+    with caplog.at_level("WARNING", logger="ginseng"):
+        gs.tl.explain(query, state, n_top=None)
+    assert "attributions are approximate" in caplog.text
+    assert "ginseng_attribution_total" in query.obs

@@ -69,3 +69,24 @@ def test_query_genes_without_overlap_is_refused(reference):
             reference, "cell_type", genes=list(reference.var_names[1:6:2]),
             query_genes=list(reference.var_names[::2]), **QUICK,
         )  # fmt: skip
+
+
+def test_query_genes_ignore_ensembl_versions_and_refuse_a_string(reference):
+    ids = np.array([f"ENSG{i:011d}.1" for i in range(reference.n_vars)])
+    reference.var_names = ids
+    query_ids = [f"ENSG{i:011d}.7" for i in range(0, reference.n_vars, 3)]
+    state = gs.tl.train(reference, "cell_type", query_genes=query_ids, n_top_genes=None, **QUICK)
+    assert list(state.genes) == list(ids[::3])
+    with pytest.raises(gs.InputError, match="got a str"):
+        gs.tl.train(reference, "cell_type", query_genes="ENSG00000000001", **QUICK)
+
+
+def test_a_chosen_column_is_recorded_and_cut_to_the_query_with_a_warning(reference, caplog):
+    gs.pp.select_hvgs(reference, n_top_genes=12)
+    chosen = reference.var_names[reference.var["ginseng_genes"].to_numpy()]
+    query_names = list(chosen[:5])
+    with caplog.at_level("WARNING", logger="ginseng"):
+        state = gs.tl.train(reference, "cell_type", query_genes=query_names, **QUICK)
+    assert list(state.genes) == query_names
+    assert "training on the 5 of the 12 chosen genes (var['ginseng_genes'])" in caplog.text
+    assert reference.uns["ginseng"]["train"]["params"]["genes"] == "ginseng_genes"

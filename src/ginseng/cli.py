@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 from ._errors import GinsengError, InputError
-from ._keys import DEFAULT_KEYS
+from ._keys import DEFAULT_KEYS, VAR_GENES
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -85,20 +85,31 @@ def _check_output(path: str | None, option: str) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from . import pp, tl
+    from . import tl
     from .data.io import save_model
 
     _check_output(args.out, "--out")
     adata = _read(args.input, backed=True)
     query_genes = None if args.query is None else _read(args.query, backed=True).var_names
-    if args.n_top_genes:  # asked for explicitly: more than the genes there are is an error
-        pp.select_hvgs(adata, n_top_genes=args.n_top_genes, layer=args.layer)
+    top: dict[str, int | None] = {}  # default: gs.tl.train's
+    if args.n_top_genes == 0:
+        top["n_top_genes"] = None
+    elif args.n_top_genes is not None:
+        if not 1 <= args.n_top_genes <= adata.n_vars:  # asked for explicitly: must exist
+            raise InputError(
+                f"n_top_genes={args.n_top_genes} must be between 1 and the number of genes "
+                f"({adata.n_vars})."
+            )
+        top["n_top_genes"] = args.n_top_genes
+        if args.genes is None and VAR_GENES in adata.var.columns:
+            # An explicit count wins over a selection stored in the file (read-only here).
+            adata.var = adata.var.drop(columns=VAR_GENES)
     state = tl.train(
         adata,
         args.labels,
         layer=args.layer,
         genes=_genes(adata, args.genes),
-        **({"n_top_genes": None} if args.n_top_genes == 0 else {}),  # type: ignore[arg-type]
+        **top,  # type: ignore[arg-type]
         query_genes=query_genes,
         group_key=args.group,
         group_level=args.group is not None,  # --group promises whole groups held out

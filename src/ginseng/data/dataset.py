@@ -258,13 +258,16 @@ class GinsengDataset:
     @property
     def splits(self) -> dict[str, np.ndarray]:
         """The stored splits, name -> sorted int64 store rows (empty before :meth:`make_split`)."""
+        return {name: rows.copy() for name, rows in self._cached_splits().items()}
+
+    def _cached_splits(self) -> dict[str, np.ndarray]:
         if self._splits is None:
             group: Any = self._group["splits"] if "splits" in self._group else None
             names = [] if group is None else sorted(group.array_keys())
             self._splits = {name: np.asarray(group[name][:], dtype=np.int64) for name in names}
             for rows in self._splits.values():
                 rows.flags.writeable = False  # shared by every stream: never changed
-        return {name: rows.copy() for name, rows in self._splits.items()}
+        return self._splits
 
     # -------------------------------------------------------------------- splits
     def make_split(
@@ -358,6 +361,18 @@ class GinsengDataset:
         self._group = zarr.open_group(self.path, mode="r", zarr_format=3)
         self._splits = None
 
+    def reload_splits(self) -> None:
+        """Read the splits from the store again at their next use.
+
+        A dataset reads its splits once; call this when another process or another
+        ``GinsengDataset`` of the same store may have rewritten them (multi-host
+        training does, after process 0 made the split).
+        """
+        import zarr
+
+        self._group = zarr.open_group(self.path, mode="r", zarr_format=3)
+        self._splits = None
+
     @property
     def split_info(self) -> dict:
         """How the stored split was made (fraction asked and realised, seed, mode)."""
@@ -367,8 +382,7 @@ class GinsengDataset:
     def _rows(self, split: str) -> np.ndarray:
         if split == "all":
             return np.arange(self.n_cells, dtype=np.int64)
-        self.splits  # noqa: B018 - reads and caches them
-        splits = self._splits or {}
+        splits = self._cached_splits()
         if split not in splits:
             hint = " Call make_split() first." if not splits else ""
             raise InputError(f"Unknown split {split!r}; available: {['all', *splits]}.{hint}")

@@ -91,7 +91,7 @@ def preprocess_delta(
     non-zeros differ from the baseline. ``missing`` genes have ``h0 = 0`` (their
     training mean) and their columns of ``X`` must be empty.
     """
-    from .network import CLIP, present_share
+    from .network import CLIP, imputes_missing, present_share
 
     config, params = state.config, state.params
     X = sp.csr_matrix(X, dtype=np.float32)
@@ -115,6 +115,10 @@ def preprocess_delta(
             h0[np.asarray(missing, bool)] = 0.0
         values = np.clip((values - mean[X.indices]) * scale[X.indices], -CLIP, CLIP)
         values = values - h0[X.indices]
+    elif missing is not None and imputes_missing(config):
+        # A missing gene reads as its training log-mean, as the classifier reads it.
+        missing = np.asarray(missing, bool)
+        h0[missing] = params["gene_mean"][missing]
     D = sp.csr_matrix((values.astype(np.float32), X.indices, X.indptr), shape=X.shape)
     return D, h0
 
@@ -285,9 +289,13 @@ def label_saliency(state: GinsengModelState, *, n_samples: int = 2048, seed: int
     (expected gradients without data) rather than taking it at the single mean cell
     keeps one saturated point from deciding: on synthetic data with planted markers the
     mean cell's gradient missed most of them, the average finds them. Without
-    standardisation ``h`` is the log-normalised value and the draws are ``|N(0, 1)|``.
+    standardisation ``h`` is the log-normalised value, drawn around the gene's training
+    log-mean with its training spread (``gene_mean + N(0, 1) / gene_scale``), at least 0;
+    models without stored statistics draw ``max(N(0, 1), 0)``.
     """
     import jax.numpy as jnp
+
+    from .network import imputes_missing
 
     W, b = _first_layer(state)
     fns = _compiled(state)
@@ -302,6 +310,8 @@ def label_saliency(state: GinsengModelState, *, n_samples: int = 2048, seed: int
     for start in range(0, n_samples, block):
         m = min(block, n_samples - start)
         h = rng.standard_normal((block, state.n_genes), dtype=np.float32)
+        if not state.config["standardize"] and imputes_missing(state.config):
+            h = state.params["gene_mean"] + h / state.params["gene_scale"]
         h = np.maximum(h, h0.astype(np.float32))
         z = jnp.asarray(h @ W + b)
         grads = np.asarray(fns["saliency"](fns["variables"], z))  # labels x block x hidden

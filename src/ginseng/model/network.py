@@ -162,9 +162,9 @@ class GinsengClassifier(nnx.Module):
         if cfg["standardize"]:
             h = jnp.clip((h - self.gene_mean[...]) * self.gene_scale[...], -CLIP, CLIP)
         if present is not None:
-            # The training mean: 0 after standardisation, else the stored log-mean
-            # (zeros in models that stored no statistics, i.e. zero-filled).
-            fill = 0.0 if cfg["standardize"] else self.gene_mean[...]
+            # The training mean: 0 after standardisation, else the stored log-mean;
+            # older models without statistics read a missing gene as zero.
+            fill = self.gene_mean[...] if imputes_missing(cfg) and not cfg["standardize"] else 0.0
             h = jnp.where(present > 0, h, fill)
         return h
 
@@ -256,8 +256,8 @@ def first_linear_sparse(
         values = np.clip((values - mean[X.indices]) * scale[X.indices], -CLIP, CLIP)
         values = values - h0[X.indices]
         offset = h0 @ kernel + bias
-    elif missing is not None and np.asarray(missing, bool).any():
-        # A missing gene reads as its stored log-mean (0 in models without statistics).
+    elif missing is not None and np.asarray(missing, bool).any() and imputes_missing(config):
+        # A missing gene reads as its training log-mean.
         fill = np.where(np.asarray(missing, bool), params["gene_mean"], np.float32(0.0))
         offset = fill.astype(np.float32) @ kernel + bias
     else:

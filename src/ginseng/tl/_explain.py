@@ -18,7 +18,7 @@ from anndata import AnnData
 
 from .._errors import InputError
 from .._keys import PREFIX
-from .._logging import progress, timed
+from .._logging import logger, progress, timed
 from .._settings import settings
 from .._validate import nonempty_str, positive_int
 from ._query import open_query
@@ -151,6 +151,15 @@ def explain(
     from ..model.network import missing_genes_note
 
     state = as_model_state(model)
+    if not state.config.get("standardize", True):
+        # Known limitation (issue 15): see the "Models without standardisation" section
+        # of docs/explain.md.
+        logger.warning(
+            "this model does not standardise its genes (the default since ginseng 0.3): "
+            "its zero-count cell is a degenerate point for the first LayerNorm, and the "
+            "attributions are approximate (they need not add up to the change of "
+            "log-probability); train with standardize=True for exact attributions"
+        )
     nonempty_str("key_added", key_added)
     if n_top is not None:
         positive_int("n_top", n_top)

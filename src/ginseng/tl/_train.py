@@ -152,7 +152,9 @@ def train(
         adata = read_adata(adata, backed="r" if str(adata).endswith(".h5ad") else None)
     if genes is None and _keys.VAR_GENES in adata.var.columns:
         genes = _keys.VAR_GENES
-    genes = training_genes(
+    if genes is None and _keys.VAR_GENES in adata.var.columns:
+        genes = _keys.VAR_GENES
+    chosen = training_genes(
         adata, genes, n_top_genes=n_top_genes, query_genes=query_genes, layer=layer
     )
 
@@ -166,7 +168,7 @@ def train(
             adata,
             label_key,
             layer=layer,
-            genes=genes,
+            genes=chosen,
             group_key=group_key,
             overwrite=store is not None,
             seed=settings.seed,

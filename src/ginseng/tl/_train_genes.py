@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from .. import _keys
 from .._errors import InputError
 from .._logging import logger
 from .._validate import positive_int
@@ -33,8 +32,6 @@ def training_genes(
     """
     if n_top_genes is not None:
         n_top_genes = positive_int("n_top_genes", n_top_genes)
-    if genes is None and _keys.VAR_GENES in adata.var.columns:
-        genes = _keys.VAR_GENES
     shared = None if query_genes is None else _shared_with_query(adata, query_genes)
     if genes is not None:
         if shared is None:
@@ -43,7 +40,15 @@ def training_genes(
 
         mask = np.zeros(adata.n_vars, dtype=bool)
         mask[select_genes(adata, genes)] = True
-        return _require_some(mask & shared, adata, f"the {int(mask.sum())} chosen genes")
+        kept = _require_some(mask & shared, adata, f"the {int(mask.sum())} chosen genes")
+        if kept.sum() < mask.sum():
+            logger.warning(
+                "training on the %d of the %d chosen genes%s that the query measures",
+                int(kept.sum()),
+                int(mask.sum()),
+                f" (var[{genes!r}])" if isinstance(genes, str) else "",
+            )
+        return kept
     candidates = np.ones(adata.n_vars, dtype=bool) if shared is None else shared
     if n_top_genes is None or candidates.sum() <= n_top_genes:
         return None if shared is None else candidates
@@ -71,8 +76,17 @@ def training_genes(
 def _shared_with_query(adata: AnnData, query_genes: Any) -> np.ndarray:
     if isinstance(query_genes, AnnData):
         raise InputError("query_genes takes gene names; pass query.var_names, not the AnnData.")
+    if isinstance(query_genes, str | bytes | set | frozenset | dict):
+        raise InputError(
+            f"query_genes must be a sequence of gene names (e.g. query.var_names), got a "
+            f"{type(query_genes).__name__}."
+        )
     names = pd.Index(np.asarray(query_genes).astype(str).ravel())
-    shared = np.asarray(adata.var_names.isin(names), dtype=bool)
+    ours = pd.Index(adata.var_names.astype(str))
+    if _all_ensembl(ours) and _all_ensembl(names):
+        # Version suffixes differ between annotations (classify ignores them too).
+        ours, names = _unversioned(ours), _unversioned(names)
+    shared = np.asarray(ours.isin(names), dtype=bool)
     logger.info(
         "%d of the reference's %d genes are among the %d query genes",
         int(shared.sum()),
@@ -80,6 +94,17 @@ def _shared_with_query(adata: AnnData, query_genes: Any) -> np.ndarray:
         len(names),
     )
     return _require_some(shared, adata, f"the reference's {adata.n_vars} genes", names)
+
+
+_ENSEMBL = r"^ENS[A-Z]*[GT]\d{6,}(\.\d+)?$"
+
+
+def _all_ensembl(names: pd.Index) -> bool:
+    return len(names) > 0 and bool(names.str.match(_ENSEMBL).all())
+
+
+def _unversioned(names: pd.Index) -> pd.Index:
+    return names.str.replace(r"\.\d+$", "", regex=True)
 
 
 def _require_some(

@@ -279,6 +279,8 @@ class GinsengClassifierTrainer:
             ds.make_split, s.holdout_fraction, stratify_group=s.group_level,
             group_mode=s.group_mode, seed=s.seed,
         )  # fmt: skip
+        if dp.processes > 1:
+            ds.reload_splits()  # process 0 wrote them
         train, test = ds.splits["train"], ds.splits["test"]
         if train.size == 0:
             raise InputError(
@@ -302,7 +304,7 @@ class GinsengClassifierTrainer:
         return _Plan(train, test, test.size / ds.n_cells, batch, passes, dp, rows, per_pass)
 
     def _init_model(self, batch: int, *, stats_seed: int) -> GinsengClassifier:
-        """The network with initial weights and, if standardising, the gene statistics."""
+        """The network with initial weights and the gene statistics of the training split."""
         s = self.settings
         n_genes, n_labels = len(self.dataset.gene_names), len(self.dataset.label_names)
         if s.upper is not None and s.masking and s.upper >= n_genes:
