@@ -14,16 +14,18 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 from anndata import AnnData
 
 from .._docs import shared_docs
 from .._errors import InputError
-from .._keys import PREFIX, ResultKeys
-from .._logging import timed
+from .._keys import PREFIX, SET_SEPARATOR, ResultKeys
+from .._logging import logger, timed
 from .._settings import settings
 from .._validate import fraction, nonempty_str, positive_int
 from ..data import backed_mode, write_results
+from ..model.uncertainty import join_sets
 from ._dask import active_client, is_dask_array
 from ._query import Query, open_query
 from ._record import drop_none, model_summary
@@ -44,6 +46,8 @@ def classify(
     gene_key: str | None = None,
     min_gene_overlap: float = 0.5,
     unassigned_threshold: float | None = None,
+    novelty_threshold: float | None = None,
+    prediction_sets: float | None = None,
     majority_vote_key: str | None = None,
     min_prop: float = 0.0,
     store_probabilities: bool = True,
@@ -85,7 +89,8 @@ def classify(
     -------
     With ``return_table=True``: a DataFrame indexed by ``obs_names`` with columns
     ``f"{key_added}_cell_type"``, ``f"{key_added}_confidence"``, one probability column
-    per label (model order) and ``f"{key_added}_majority_vote"`` when requested.
+    per label (model order), ``f"{key_added}_majority_vote"`` when requested, then the
+    novelty and prediction-set columns described below when computed.
     With ``copy=True``: the annotated copy. With a path: the AnnData read from it
     (backed for ``.h5ad``; for ``.zarr`` its obs/var/uns/obsm only), annotated.
     Otherwise ``None``, and ``adata`` gains:
@@ -127,6 +132,16 @@ def classify(
     >>> query.obs["ginseng_majority_vote"].dtype.name
     'category'
 
+    A novelty score for every cell, cells above the 99th percentile of held-out
+    reference cells labelled ``"Novel"``, and conformal prediction sets that hold the
+    true label of 90% of the cells of every known type (see :doc:`/uncertainty`):
+
+    >>> gs.tl.classify(query, state, layer="counts", novelty_threshold=0.99, prediction_sets=0.1)
+    >>> query.obs[["ginseng_novelty", "ginseng_prediction_set_size"]].dtypes
+    ginseng_novelty                float32
+    ginseng_prediction_set_size      int32
+    dtype: object
+
     The results as a table, leaving the AnnData untouched:
 
     >>> table = gs.tl.classify(reference, state, return_table=True)
@@ -150,6 +165,8 @@ def classify(
         gene_key=gene_key,
         min_gene_overlap=min_gene_overlap,
         unassigned_threshold=unassigned_threshold,
+        novelty_threshold=novelty_threshold,
+        prediction_sets=prediction_sets,
         majority_vote_key=majority_vote_key,
         min_prop=min_prop,
         store_probabilities=store_probabilities,
@@ -176,6 +193,8 @@ class ClassifyOptions:
     gene_key: str | None = None
     min_gene_overlap: float = 0.5
     unassigned_threshold: float | None = None
+    novelty_threshold: float | None = None
+    prediction_sets: float | None = None
     majority_vote_key: str | None = None
     min_prop: float = 0.0
     store_probabilities: bool = True
@@ -206,6 +225,10 @@ class ClassifyOptions:
             _check_writable_adata(adata)
         if self.unassigned_threshold is not None:
             fraction("unassigned_threshold", self.unassigned_threshold)
+        if self.novelty_threshold is not None:
+            fraction("novelty_threshold", self.novelty_threshold, "(0, 1)")
+        if self.prediction_sets is not None:
+            fraction("prediction_sets", self.prediction_sets, "(0, 1)")
         nonempty_str("key_added", self.key_added)
         if self.batch_size is not None:
             positive_int("batch_size", self.batch_size)
@@ -218,6 +241,8 @@ class ClassifyOptions:
             "gene_key": self.gene_key,
             "min_gene_overlap": float(self.min_gene_overlap),
             "unassigned_threshold": self.unassigned_threshold,
+            "novelty_threshold": self.novelty_threshold,
+            "prediction_sets": self.prediction_sets,
             "majority_vote_key": self.majority_vote_key,
             "min_prop": float(self.min_prop),
             "store_probabilities": bool(self.store_probabilities),
@@ -256,6 +281,7 @@ def run_classify(
     if options.batch_size is None:
         options = options.replace(batch_size=settings.chunk_size)
     options.check(adata)
+    check_uncertainty(state, options)
     batch_size = int(options.batch_size)  # type: ignore[arg-type]  # set just above
     query = open_query(
         adata, options.layer, counts_fallback=options.counts_fallback, write=options.write
@@ -285,8 +311,10 @@ def run_classify(
             where=query.where,
             layers=query.layers,
             probabilities=options.store_probabilities or options.return_table,
+            novelty=state.uncertainty is not None,
+            prediction_sets=options.prediction_sets,
         )
-    annotation = _annotation(result, labels, target.obs, options)
+    annotation = _annotation(result, labels, target.obs, options, state)
     keys = ResultKeys.from_prefix(options.key_added)
     if options.return_table:
         return annotation_table(annotation, target.obs_names, keys)
@@ -306,14 +334,87 @@ def run_classify(
 
 
 def _annotation(
-    result: ChunkResult, labels: list[str], obs: pd.DataFrame, options: ClassifyOptions
+    result: ChunkResult,
+    labels: list[str],
+    obs: pd.DataFrame,
+    options: ClassifyOptions,
+    state: GinsengModelState,
 ) -> Annotation:
-    """Labels (with Unassigned) and majority votes from the kernel's codes."""
-    predicted = assign_labels(result.codes, result.confidence, labels, options.unassigned_threshold)
+    """Labels (with Unassigned, Novel), majority votes and sets from the kernel's results."""
+    novel = novel_mask(result.novelty, state, options)
+    predicted = assign_labels(
+        result.codes, result.confidence, labels, options.unassigned_threshold, novel
+    )
     votes = None
     if options.majority_vote_key is not None:
         votes = majority_vote(predicted, obs[options.majority_vote_key], min_prop=options.min_prop)
-    return Annotation(predicted, result.confidence, result.probabilities, labels, votes)
+    sets, sizes = set_columns(result.prediction_sets, labels)
+    return Annotation(
+        predicted,
+        result.confidence,
+        result.probabilities,
+        labels,
+        votes,
+        result.novelty,
+        sets,
+        sizes,
+    )
+
+
+def check_uncertainty(state: GinsengModelState, options: ClassifyOptions) -> None:
+    """Refuse novelty_threshold/prediction_sets for a model without reference statistics.
+
+    Without them (a model trained before ginseng 0.3) and neither option, classify
+    writes no novelty column and says so in the log.
+    """
+    asked = [
+        name
+        for name in ("novelty_threshold", "prediction_sets")
+        if getattr(options, name) is not None
+    ]
+    if state.uncertainty is not None:
+        if options.prediction_sets is not None:
+            small = state.uncertainty.min_alpha() > options.prediction_sets
+            if small.any():
+                names = [str(x) for x in np.asarray(state.labels)[small]]
+                logger.warning(
+                    "prediction_sets=%g is below 1/(n+1) for %d label(s) with n held-out "
+                    "cells (%s): they enter every set",
+                    options.prediction_sets,
+                    len(names),
+                    ", ".join(names[:5]) + (", ..." if len(names) > 5 else ""),
+                )
+        return
+    if asked:
+        raise InputError(
+            f"{' and '.join(asked)} need the novelty statistics and conformal scores that "
+            "ginseng >= 0.3 fits at training time; this model has none (trained by ginseng "
+            f"{state.provenance.get('versions', {}).get('ginseng', 'unknown')}). Retrain it "
+            "with gs.tl.train, or leave these options None."
+        )
+    logger.info(
+        "the model stores no novelty statistics (trained before ginseng 0.3): no %s column",
+        "novelty",
+    )
+
+
+def novel_mask(
+    novelty: np.ndarray | None, state: GinsengModelState, options: ClassifyOptions
+) -> np.ndarray | None:
+    """Cells above the ``novelty_threshold`` reference quantile, or ``None``."""
+    if options.novelty_threshold is None or novelty is None or state.uncertainty is None:
+        return None
+    return np.asarray(novelty) > state.uncertainty.novelty_cutoff(options.novelty_threshold)
+
+
+def set_columns(
+    members: np.ndarray | None, labels: list[str]
+) -> tuple[pd.Categorical | None, np.ndarray | None]:
+    """The prediction sets as categorical strings and their sizes, or ``(None, None)``."""
+    if members is None:
+        return None, None
+    joined = join_sets(members, labels, SET_SEPARATOR)
+    return pd.Categorical(joined), members.sum(axis=1).astype(np.int32)
 
 
 def _check_writable_adata(adata: AnnData) -> None:
@@ -337,9 +438,24 @@ def classify_record(
     """``uns[key_added]["classify"]``, the same for the serial and the dask path."""
     from ..model.network import missing_genes_note
 
-    return {
+    record = {
         "params": options.params(query.layer, batch_size),
         "labels": labels,
         "model": model_summary(state),
         "gene_overlap": alignment.summary(missing_genes_note(state.config)),
     }
+    unc = state.uncertainty
+    if unc is not None:
+        record["uncertainty"] = {"novelty": "mahalanobis"}
+        if options.novelty_threshold is not None:
+            cutoff = unc.novelty_cutoff(options.novelty_threshold)
+            record["uncertainty"]["novelty_cutoff"] = cutoff
+        if options.prediction_sets is not None:
+            thresholds = unc.thresholds(options.prediction_sets)
+            record["uncertainty"]["prediction_sets"] = {
+                "alpha": float(options.prediction_sets),
+                # 1 - p_k <= threshold puts label k in the set; 1.0 marks "always".
+                "thresholds": [float(min(t, 1.0)) for t in thresholds],
+                "n_calibration": [int(n) for n in unc.n_calibration],
+            }
+    return record
