@@ -201,10 +201,10 @@ def prediction_set_members(
 
 def join_sets(members: np.ndarray, labels: Iterable[str], sep: str = "|") -> np.ndarray:
     """Each cell's set as one string of labels in model order, joined by ``sep``."""
-    labels = np.asarray(list(labels), dtype=object)
+    names = np.asarray(list(labels), dtype=object)
     # Few distinct sets occur: join each distinct row once.
     rows, inverse = np.unique(members, axis=0, return_inverse=True)
-    joined = np.asarray([sep.join(labels[row]) for row in rows], dtype=object)
+    joined = np.asarray([sep.join(names[row]) for row in rows], dtype=object)
     return joined[np.asarray(inverse).ravel()]
 
 
