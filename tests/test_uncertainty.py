@@ -173,13 +173,35 @@ def test_prediction_sets_cover_every_label(overlap_setup, alpha):
         tol = 3.5 * math.sqrt(var / mine.sum() + var / (n_cal[k] + 2))
         assert covered[mine].mean() >= 1 - alpha - tol, label
         assert covered[mine].mean() <= 1 - alpha + 1 / (n_cal[k] + 1) + tol, label
-    # The sets follow from the probabilities and the recorded thresholds.
+    # The thresholds are the ceil((n + 1)(1 - alpha))-th smallest holdout score of
+    # each label (checked against the holdout in the test above).
     record = query.uns["ginseng"]["classify"]["uncertainty"]["prediction_sets"]
+    unc = state.uncertainty
+    for k in range(state.n_labels):
+        scores = np.sort(
+            unc.conformal_scores[unc.conformal_offsets[k] : unc.conformal_offsets[k + 1]]
+        )
+        rank = math.ceil((scores.size + 1) * (1 - alpha))
+        expected = scores[rank - 1] if rank <= scores.size else 1.0
+        assert record["thresholds"][k] == pytest.approx(float(expected))
+    # The sets follow from the probabilities and the recorded thresholds.
     proba = query.obsm["ginseng_probabilities"]
     inside = (1 - proba.astype(np.float64)) <= np.asarray(record["thresholds"])[None, :]
     inside[np.arange(len(proba)), proba.argmax(axis=1)] = True
     rebuilt = ["|".join(state.labels[row]) for row in inside]
     np.testing.assert_array_equal(sets, rebuilt)
+
+
+def test_sets_always_hold_the_predicted_label(overlap_setup):
+    _, state, query = overlap_setup
+    # alpha near 1: each threshold is the smallest holdout score, so most labels fail
+    # it, and the predicted label is put in by rule.
+    table = gs.tl.classify(query, state, prediction_sets=0.99, return_table=True)
+    predicted = table["ginseng_cell_type"].astype(str)
+    sets = table["ginseng_prediction_set"].astype(str)
+    assert (table["ginseng_prediction_set_size"] >= 1).all()
+    assert all(p in s.split("|") for p, s in zip(predicted, sets, strict=True))
+    assert (sets == predicted).mean() > 0.5
 
 
 def test_tiny_alpha_puts_labels_with_few_calibration_cells_in_every_set(overlap_setup, caplog):
