@@ -204,11 +204,22 @@ def test_sets_always_hold_the_predicted_label(overlap_setup):
     assert (sets == predicted).mean() > 0.5
 
 
-def test_tiny_alpha_puts_labels_with_few_calibration_cells_in_every_set(overlap_setup, caplog):
+def test_labels_with_too_few_calibration_cells_use_the_pooled_threshold(overlap_setup, caplog):
     _, state, query = overlap_setup
-    alpha = 0.5 / (state.uncertainty.n_calibration.max() + 1)
+    unc = state.uncertainty
+    n = unc.n_calibration
+    # Below 1 / (n_k + 1) for every label, above 1 / (N + 1) for all cells pooled.
+    alpha = 0.9 / (n.max() + 1)
     with caplog.at_level("WARNING", logger="ginseng"):
-        table = gs.tl.classify(query[:50], state, prediction_sets=alpha, return_table=True)
+        gs.tl.classify(query[:50], state, prediction_sets=alpha)
+    assert "pooled over all labels" in caplog.text
+    pooled = np.sort(unc.conformal_scores)
+    expected = pooled[math.ceil((pooled.size + 1) * (1 - alpha)) - 1]
+    np.testing.assert_allclose(unc.thresholds(alpha), expected)
+    # Below 1 / (N + 1) even the pooled threshold is infinite: every label in every set.
+    tiny = 0.5 / (n.sum() + 1)
+    with caplog.at_level("WARNING", logger="ginseng"):
+        table = gs.tl.classify(query[:50], state, prediction_sets=tiny, return_table=True)
     assert (table["ginseng_prediction_set_size"] == state.n_labels).all()
     assert "enter every set" in caplog.text
 

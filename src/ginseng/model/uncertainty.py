@@ -24,9 +24,12 @@ Prediction sets
     ``1 - p_k <= q_k``, ``q_k`` the ``ceil((n_k + 1)(1 - alpha))``-th smallest score of
     label ``k``. Then a new cell of label ``k`` (exchangeable with the holdout) is
     covered with probability at least ``1 - alpha`` for every label, and at most
-    ``1 - alpha + 1 / (n_k + 1)``. When ``alpha < 1 / (n_k + 1)`` no finite ``q_k``
-    exists and label ``k`` enters every set. The predicted (argmax) label is always put
-    in the set, which can only raise coverage, so no set is empty.
+    ``1 - alpha + 1 / (n_k + 1)``. A label with fewer than
+    :data:`MIN_LABEL_CALIBRATION` held-out cells, or with ``alpha < 1 / (n_k + 1)``
+    (where no finite ``q_k`` exists), uses the threshold of all held-out cells pooled
+    instead (Ding et al., 2023): marginal coverage only, but no label with a handful of
+    cells enters (nearly) every set. The predicted (argmax) label is always put in the
+    set, which can only raise coverage, so no set is empty.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ import numpy as np
 REFERENCE_CELLS = 100_000
 # Ridge added to the pooled covariance, relative to its mean variance.
 RIDGE = 1e-3
+# Labels with fewer held-out cells than this share the pooled conformal threshold.
+MIN_LABEL_CALIBRATION = 20
 # Number of stored reference quantiles of the novelty score (0, 0.001, ..., 1).
 N_QUANTILES = 1001
 # The arrays of Uncertainty, as stored in the model file (group "uncertainty").
@@ -113,17 +118,31 @@ class Uncertainty:
         return float(np.interp(quantile, grid, self.novelty_quantiles))
 
     def thresholds(self, alpha: float) -> np.ndarray:
-        """Per-label score thresholds ``q_k`` for level ``alpha`` (``inf``: always in the set)."""
-        out = np.full(len(self.conformal_offsets) - 1, np.inf)
+        """Per-label score thresholds ``q_k`` for level ``alpha`` (``inf``: always in the set).
+
+        Labels in :meth:`pooled` get the threshold of all held-out cells pooled.
+        """
+        pooled_scores = np.sort(self.conformal_scores)
+        pooled_q = _conformal_quantile(pooled_scores, alpha)
+        out = np.full(len(self.conformal_offsets) - 1, pooled_q)
+        own = ~self.pooled(alpha)
         for k, (start, stop) in enumerate(_pairs(self.conformal_offsets)):
-            n = stop - start
-            rank = math.ceil((n + 1) * (1.0 - alpha))
-            if 1 <= rank <= n:
-                out[k] = self.conformal_scores[start + rank - 1]
+            if own[k]:
+                out[k] = _conformal_quantile(self.conformal_scores[start:stop], alpha)
         return out
 
+    def pooled(self, alpha: float) -> np.ndarray:
+        """Labels with too few held-out cells for their own threshold at ``alpha``.
+
+        A label needs ``n_k >= MIN_LABEL_CALIBRATION`` held-out cells and
+        ``alpha >= 1 / (n_k + 1)``; the others share the threshold of all held-out cells
+        pooled (marginal coverage only, as the "null cluster" of Ding et al., 2023).
+        """
+        n = self.n_calibration
+        return (n < MIN_LABEL_CALIBRATION) | (alpha < 1.0 / (n + 1.0))
+
     def min_alpha(self) -> np.ndarray:
-        """Per label, the smallest ``alpha`` with a finite threshold: ``1 / (n_k + 1)``."""
+        """Per label, the smallest ``alpha`` with a finite own threshold: ``1 / (n_k + 1)``."""
         return 1.0 / (self.n_calibration + 1.0)
 
     def check(self, n_labels: int, hidden_dim: int) -> None:
@@ -163,6 +182,13 @@ class Uncertainty:
             raise ValueError("uncertainty/novelty_means holds infinite or partly NaN rows")
         if np.isnan(means).all():
             raise ValueError("uncertainty/novelty_means has no finite row")
+
+
+def _conformal_quantile(sorted_scores: np.ndarray, alpha: float) -> float:
+    """The ``ceil((n + 1)(1 - alpha))``-th smallest of ``n`` sorted scores, ``inf`` past ``n``."""
+    n = sorted_scores.size
+    rank = math.ceil((n + 1) * (1.0 - alpha))
+    return float(sorted_scores[rank - 1]) if 1 <= rank <= n else math.inf
 
 
 def _pairs(offsets: np.ndarray) -> Iterable[tuple[int, int]]:

@@ -25,7 +25,7 @@ from .._logging import logger, timed
 from .._settings import settings
 from .._validate import fraction, nonempty_str, positive_int
 from ..data import backed_mode, write_results
-from ..model.uncertainty import join_sets
+from ..model.uncertainty import MIN_LABEL_CALIBRATION, join_sets
 from ._dask import active_client, is_dask_array
 from ._query import Query, open_query
 from ._record import drop_none, model_summary
@@ -89,8 +89,8 @@ def classify(
     -------
     With ``return_table=True``: a DataFrame indexed by ``obs_names`` with columns
     ``f"{key_added}_cell_type"``, ``f"{key_added}_confidence"``, one probability column
-    per label (model order), ``f"{key_added}_majority_vote"`` when requested, then the
-    novelty and prediction-set columns described below when computed.
+    per label (model order), then the novelty and prediction-set columns described
+    below when computed, and ``f"{key_added}_majority_vote"`` when requested.
     With ``copy=True``: the annotated copy. With a path: the AnnData read from it
     (backed for ``.h5ad``; for ``.zarr`` its obs/var/uns/obsm only), annotated.
     Otherwise ``None``, and ``adata`` gains:
@@ -374,15 +374,30 @@ def check_uncertainty(state: GinsengModelState, options: ClassifyOptions) -> Non
     ]
     if state.uncertainty is not None:
         if options.prediction_sets is not None:
-            small = state.uncertainty.min_alpha() > options.prediction_sets
-            if small.any():
-                names = [str(x) for x in np.asarray(state.labels)[small]]
+            unc = state.uncertainty
+            pooled = unc.pooled(options.prediction_sets)
+            if pooled.any():
+                names = [
+                    f"{label} ({n})"
+                    for label, n in zip(
+                        state.labels[pooled], unc.n_calibration[pooled], strict=True
+                    )
+                ]
                 logger.warning(
-                    "prediction_sets=%g is below 1/(n+1) for %d label(s) with n held-out "
-                    "cells (%s): they enter every set",
+                    "prediction_sets=%g: %d label(s) have too few held-out cells n for their "
+                    "own threshold (n < %d or alpha < 1/(n+1)): %s; they use the threshold "
+                    "pooled over all labels (marginal coverage only)",
                     options.prediction_sets,
                     len(names),
+                    MIN_LABEL_CALIBRATION,
                     ", ".join(names[:5]) + (", ..." if len(names) > 5 else ""),
+                )
+            if not np.isfinite(unc.thresholds(options.prediction_sets)).all():
+                logger.warning(
+                    "prediction_sets=%g is below 1/(N+1) for the N=%d held-out cells: "
+                    "some labels enter every set",
+                    options.prediction_sets,
+                    int(unc.n_calibration.sum()),
                 )
         return
     if asked:
@@ -457,5 +472,7 @@ def classify_record(
                 # 1 - p_k <= threshold puts label k in the set; 1.0 marks "always".
                 "thresholds": [float(min(t, 1.0)) for t in thresholds],
                 "n_calibration": [int(n) for n in unc.n_calibration],
+                # Labels with too few held-out cells share the pooled threshold.
+                "pooled": [bool(b) for b in unc.pooled(options.prediction_sets)],
             }
     return record

@@ -69,17 +69,17 @@ class Annotation:
 
 
 def annotation_table(annotation: Annotation, index: pd.Index, keys: ResultKeys) -> pd.DataFrame:
-    """The ``return_table=True`` DataFrame: label, confidence, probabilities, vote."""
+    """The ``return_table=True`` DataFrame: label, confidence, probabilities, novelty, sets, vote."""
     table = pd.DataFrame(
         {keys.cell_type: annotation.predicted, keys.confidence: np.asarray(annotation.confidence)},
         index=pd.Index(index).copy(),
     )
     columns = pd.DataFrame(annotation.probabilities, index=table.index, columns=annotation.labels)
     table = pd.concat([table, columns], axis=1)
-    if annotation.votes is not None:
-        table[keys.majority_vote] = annotation.votes
     for column, values in annotation.extra_columns(keys).items():
         table[column] = values
+    if annotation.votes is not None:
+        table[keys.majority_vote] = annotation.votes
     return table
 
 
@@ -147,9 +147,9 @@ def results_table(adata: AnnData, *, key_added: str = PREFIX) -> pd.DataFrame:
     Returns
     -------
     A DataFrame indexed by ``obs_names`` with columns ``f"{key_added}_cell_type"``,
-    ``f"{key_added}_confidence"``, one probability column per label (model order),
-    ``f"{key_added}_majority_vote"`` when classify voted, and the novelty and
-    prediction-set columns when classify wrote them.
+    ``f"{key_added}_confidence"``, one probability column per label (model order), the
+    novelty and prediction-set columns when classify wrote them, and
+    ``f"{key_added}_majority_vote"`` when classify voted.
 
     Raises
     ------
