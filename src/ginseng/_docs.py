@@ -93,8 +93,8 @@ _classify_fields = """\
     (trained by ginseng >= 0.3).
 ``obs[f"{key_added}_prediction_set"]`` and ``obs[f"{key_added}_prediction_set_size"]``
     With ``prediction_sets=alpha``: the labels of the cell's conformal set joined by
-    ``"|"`` in model order (categorical, always including the predicted label), and
-    their number (int32).
+    ``"|"`` in model order (categorical; ``""`` for an empty set, a cell no label
+    fits), and their number (int32).
 ``obsm[f"{key_added}_probabilities"]``
     float32 ``n_cells x n_labels`` calibrated probabilities; columns follow
     ``uns[key_added]["classify"]["labels"]`` (unless ``store_probabilities=False``).

@@ -28,8 +28,8 @@ Prediction sets
     :data:`MIN_LABEL_CALIBRATION` held-out cells, or with ``alpha < 1 / (n_k + 1)``
     (where no finite ``q_k`` exists), uses the threshold of all held-out cells pooled
     instead (Ding et al., 2023): marginal coverage only, but no label with a handful of
-    cells enters (nearly) every set. The predicted (argmax) label is always put in the
-    set, which can only raise coverage, so no set is empty.
+    cells enters (nearly) every set. A set can be empty (no label is plausible); with
+    equal thresholds a non-empty set always holds the predicted (argmax) label.
 """
 
 from __future__ import annotations
@@ -212,17 +212,13 @@ def novelty_scores(hidden: np.ndarray, uncertainty: Uncertainty) -> np.ndarray:
     return np.sqrt(np.maximum(d2.min(axis=1), 0.0)).astype(np.float32)
 
 
-def prediction_set_members(
-    proba: np.ndarray, codes: np.ndarray, thresholds: np.ndarray
-) -> np.ndarray:
+def prediction_set_members(proba: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     """Boolean cells x labels: label ``k`` is in a cell's set when ``1 - p_k <= q_k``.
 
-    The predicted label (``codes``) is always in the set. ``thresholds`` come from
-    :meth:`Uncertainty.thresholds`.
+    ``thresholds`` come from :meth:`Uncertainty.thresholds`. A set may be empty: no
+    label is as plausible as the held-out cells of that label were.
     """
-    members = (1.0 - np.asarray(proba, np.float64)) <= thresholds[None, :]
-    members[np.arange(len(codes)), codes] = True
-    return members
+    return (1.0 - np.asarray(proba, np.float64)) <= thresholds[None, :]
 
 
 def join_sets(members: np.ndarray, labels: Iterable[str], sep: str = "|") -> np.ndarray:

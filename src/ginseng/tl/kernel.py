@@ -180,7 +180,7 @@ def classify_chunk(
     if unc is not None and novelty:
         scores = novelty_scores(hidden, unc)
     if unc is not None and prediction_sets is not None:
-        members = prediction_set_members(proba, codes, unc.thresholds(prediction_sets))
+        members = prediction_set_members(proba, unc.thresholds(prediction_sets))
     return ChunkResult(codes, confidence, proba if probabilities else None, scores, members)
 
 
