@@ -221,13 +221,22 @@ def prediction_set_members(proba: np.ndarray, thresholds: np.ndarray) -> np.ndar
     return (1.0 - np.asarray(proba, np.float64)) <= thresholds[None, :]
 
 
-def join_sets(members: np.ndarray, labels: Iterable[str], sep: str = "|") -> np.ndarray:
-    """Each cell's set as one string of labels in model order, joined by ``sep``."""
+def join_sets(
+    members: np.ndarray, labels: Iterable[str], sep: str = "|"
+) -> tuple[np.ndarray, list[str]]:
+    """Each cell's set as one string of labels in model order, joined by ``sep``.
+
+    Returns the int32 code of each cell's set and the distinct sets (the categories):
+    few distinct sets occur, so each is joined once.
+    """
     names = np.asarray(list(labels), dtype=object)
-    # Few distinct sets occur: join each distinct row once.
-    rows, inverse = np.unique(members, axis=0, return_inverse=True)
-    joined = np.asarray([sep.join(names[row]) for row in rows], dtype=object)
-    return joined[np.asarray(inverse).ravel()]
+    members = np.asarray(members, dtype=bool)
+    # One key per row: its bits packed into bytes, viewed as a single fixed-size value.
+    packed = np.ascontiguousarray(np.packbits(members, axis=1))
+    keys = packed.view(np.dtype((np.void, packed.shape[1]))).ravel()
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    joined = [sep.join(names[members[i]]) for i in first]
+    return np.asarray(inverse, dtype=np.int32).ravel(), joined
 
 
 def fit_novelty(

@@ -428,8 +428,9 @@ def set_columns(
     """The prediction sets as categorical strings and their sizes, or ``(None, None)``."""
     if members is None:
         return None, None
-    joined = join_sets(members, labels, SET_SEPARATOR)
-    return pd.Categorical(joined), members.sum(axis=1).astype(np.int32)
+    codes, joined = join_sets(members, labels, SET_SEPARATOR)
+    sets = pd.Categorical.from_codes(codes, categories=joined)
+    return sets, members.sum(axis=1).astype(np.int32)
 
 
 def _check_writable_adata(adata: AnnData) -> None:
