@@ -201,15 +201,17 @@ def novelty_scores(hidden: np.ndarray, uncertainty: Uncertainty) -> np.ndarray:
 
     ``hidden`` is the last hidden layer's output (cells x hidden_dim).
     """
-    # float64 and direct differences: the expansion |z|^2 - 2 z.m + |m|^2 loses digits
-    # to cancellation, which made scores depend on the chunk size in float32.
+    # float64: in float32 the expansion |z|^2 - 2 z.m + |m|^2 loses digits to
+    # cancellation, which made scores depend on the chunk size.
     z = np.asarray(hidden, np.float64) @ uncertainty.novelty_whiten.astype(np.float64)
     means = uncertainty.novelty_means.astype(np.float64)
     means = means[np.isfinite(means).all(axis=1)]
-    d2 = np.full(len(z), np.inf)
-    for mean in means:
-        d2 = np.minimum(d2, np.square(z - mean).sum(axis=1))
-    return np.sqrt(d2).astype(np.float32)
+    d2 = (
+        np.square(z).sum(axis=1, keepdims=True)
+        - 2.0 * (z @ means.T)
+        + np.square(means).sum(axis=1)[None, :]
+    )
+    return np.sqrt(np.maximum(d2.min(axis=1), 0.0)).astype(np.float32)
 
 
 def prediction_set_members(proba: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
