@@ -20,9 +20,10 @@ from .._errors import InputError
 from .._keys import NOVEL, UNASSIGNED, ResultKeys
 from .._logging import logger, timed
 from ..data import write_results
-from ._classify import ClassifyOptions, classify_record, novel_mask, set_columns
+from ._classify import ClassifyOptions, classify_record
 from ._query import Query
 from ._results import Annotation, annotation_table, write_annotation
+from ._uncertainty import novel_mask, set_columns
 from .kernel import assign_labels
 
 if TYPE_CHECKING:
