@@ -234,7 +234,12 @@ def test_return_table_leaves_adata_untouched(toy_trained, query, tmp_path):
     pd.testing.assert_frame_equal(before.obs, after.obs)
     assert set(after.uns) == set(before.uns) and list(after.obsm) == list(before.obsm)
     labels = list(toy_trained.state.labels)
-    assert list(table.columns) == ["ginseng_cell_type", "ginseng_confidence", *labels]
+    assert list(table.columns) == [
+        "ginseng_cell_type",
+        "ginseng_confidence",
+        *labels,
+        "ginseng_novelty",
+    ]
     assert table.index.equals(query.obs_names)
     np.testing.assert_allclose(
         table[labels].to_numpy(), _expected(toy_trained.state, query), atol=1e-6

@@ -110,7 +110,9 @@ def test_kernel_refuses_bad_counts_with_classify_s_errors(toy_trained, query):
 def test_result_keys_name_what_classify_writes(toy_trained, query):
     from ginseng._keys import ResultKeys
 
-    gs.tl.classify(query, toy_trained.state, key_added="run1", majority_vote_key="batch")
+    gs.tl.classify(
+        query, toy_trained.state, key_added="run1", majority_vote_key="batch", prediction_sets=0.1
+    )
     keys = ResultKeys.from_prefix("run1")
     written = {
         *query.obs.columns[query.obs.columns.str.startswith("run1")],
@@ -120,6 +122,9 @@ def test_result_keys_name_what_classify_writes(toy_trained, query):
     assert written == {
         keys.cell_type,
         keys.confidence,
+        keys.novelty,
+        keys.prediction_set,
+        keys.prediction_set_size,
         keys.majority_vote,
         keys.probabilities,
         keys.uns,

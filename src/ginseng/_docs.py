@@ -48,6 +48,18 @@ min_gene_overlap
     present genes' expected share of the counts (see the missing-genes benchmark).
 unassigned_threshold
     Cells whose confidence is below this get the label ``"Unassigned"``.
+novelty_threshold
+    A reference quantile in (0, 1), e.g. ``0.99``: cells whose novelty score is above
+    that quantile of the scores of held-out reference cells get the label
+    ``"Novel"`` (before ``"Unassigned"``), so about ``1 - novelty_threshold`` of cells
+    of known types are marked too. The cut-off in score units is
+    ``model.uncertainty.novelty_cutoff(novelty_threshold)``. Needs a model trained by
+    ginseng >= 0.3 (see :doc:`/uncertainty`).
+prediction_sets
+    Level ``alpha`` in (0, 1), e.g. ``0.1``: also write each cell's class-conditional
+    conformal prediction set, which holds the true label of a cell of a known type
+    with probability at least ``1 - alpha``, for every label (see :doc:`/uncertainty`).
+    Needs a model trained by ginseng >= 0.3.
 majority_vote_key
     ``obs`` column of clusters (e.g. ``"leiden"``): also write the most frequent
     prediction of each cluster to ``obs[f"{key_added}_majority_vote"]``.
@@ -68,11 +80,21 @@ _classify_fields = """\
 ``obs[f"{key_added}_cell_type"]``
     Categorical prediction; categories are the model's labels that some cell
     received (in model order), plus ``"Unassigned"`` when some cell falls below
-    ``unassigned_threshold``. Labels no cell received are not categories, so
+    ``unassigned_threshold`` and ``"Novel"`` when some cell is above
+    ``novelty_threshold``. Labels no cell received are not categories, so
     scanpy's grouping functions (``sc.tl.rank_genes_groups``, ``sc.pl.dotplot``,
     ``sc.tl.dendrogram``) accept the column as it is.
 ``obs[f"{key_added}_confidence"]``
     float32 calibrated probability of the predicted label.
+``obs[f"{key_added}_novelty"]``
+    float32 novelty score: the Mahalanobis distance of the cell's last hidden layer
+    to the nearest reference label, higher for cells unlike every label the model
+    knows (not ``1 - confidence``). Written when the model stores reference statistics
+    (trained by ginseng >= 0.3).
+``obs[f"{key_added}_prediction_set"]`` and ``obs[f"{key_added}_prediction_set_size"]``
+    With ``prediction_sets=alpha``: the labels of the cell's conformal set joined by
+    ``"|"`` in model order (categorical; ``""`` for an empty set, a cell no label
+    fits), and their number (int32).
 ``obsm[f"{key_added}_probabilities"]``
     float32 ``n_cells x n_labels`` calibrated probabilities; columns follow
     ``uns[key_added]["classify"]["labels"]`` (unless ``store_probabilities=False``).
@@ -93,7 +115,8 @@ GeneMismatchError
     Fewer than ``min_gene_overlap`` of the model's genes are in the query.
 InputError
     The matrix does not hold raw counts (see ``check_counts``), a key is missing,
-    or the options contradict each other."""
+    the options contradict each other, or ``novelty_threshold``/``prediction_sets``
+    are asked of a model that stores no reference statistics."""
 
 _processor = DocstringProcessor(
     classify_adata=_classify_adata,

@@ -19,6 +19,9 @@ VAR_HVG_RANK = "ginseng_hvg_rank"
 # Reserved labels of gs.tl.classify: low-confidence cells and mixed clusters.
 UNASSIGNED = "Unassigned"
 HETEROGENEOUS = "Heterogeneous"
+NOVEL = "Novel"
+# Separator of the labels in a prediction set ("CD4 T|CD8 T").
+SET_SEPARATOR = "|"
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,21 @@ class ResultKeys:
     def probabilities(self) -> str:
         """``obsm`` key of the probabilities of every label."""
         return f"{self.prefix}_probabilities"
+
+    @property
+    def novelty(self) -> str:
+        """``obs`` column of the novelty score (higher: unlike every reference label)."""
+        return f"{self.prefix}_novelty"
+
+    @property
+    def prediction_set(self) -> str:
+        """``obs`` column of the conformal prediction set (labels joined by ``"|"``)."""
+        return f"{self.prefix}_prediction_set"
+
+    @property
+    def prediction_set_size(self) -> str:
+        """``obs`` column of the number of labels in the prediction set."""
+        return f"{self.prefix}_prediction_set_size"
 
     @property
     def majority_vote(self) -> str:

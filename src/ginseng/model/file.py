@@ -12,6 +12,10 @@ Layout (``ginseng._keys.MODEL_FORMAT_VERSION``)::
       metrics          JSON: holdout metrics
       history          JSON: per-epoch columns
       provenance       JSON: versions, seed, data fingerprint
+      uncertainty/...  optional (ginseng >= 0.3): novelty_means, novelty_whiten,
+                       novelty_quantiles (float32), conformal_scores (float32),
+                       conformal_offsets (int64); see ginseng.model.uncertainty.
+                       Files without it load, with ``state.uncertainty = None``.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from .._keys import MODEL_FORMAT, MODEL_FORMAT_VERSION
 from .._trainer_settings import GinsengClassifierTrainerSettings
 from .._write import write_error
 from .state import GinsengModelState, param_shapes
+from .uncertainty import FIELDS as UNCERTAINTY_FIELDS
+from .uncertainty import Uncertainty
 
 _JSON_FIELDS = ("config", "settings", "metrics", "history", "provenance")
 _STR = h5py.string_dtype("utf-8")
@@ -114,6 +120,10 @@ def save_model(state: GinsengModelState, path: str | os.PathLike) -> Path:
             f.create_group("calibration").create_dataset(
                 "temperature", data=np.float64(state.temperature)
             )
+            if state.uncertainty is not None:
+                group = f.create_group("uncertainty")
+                for name, value in state.uncertainty.arrays().items():
+                    group.create_dataset(name, data=value)
         tmp.replace(path)
     except OSError as err:
         raise write_error(err, path, "the model file") from err
@@ -293,6 +303,7 @@ def _read(f: h5py.File) -> GinsengModelState:
         history=values["history"],
         settings=settings,
         provenance=values["provenance"],
+        uncertainty=_read_uncertainty(f, values["config"]),
     )
     if len(state.genes) != state.config.get("n_genes") or len(state.labels) != state.config.get(
         "n_labels"
@@ -312,6 +323,29 @@ def _read(f: h5py.File) -> GinsengModelState:
             f"unexpected {extra[:5]}, wrong shape {wrong[:5]})"
         )
     return state
+
+
+def _read_uncertainty(f: h5py.File, config: dict) -> Uncertainty | None:
+    """The optional ``uncertainty`` group, checked against the architecture."""
+    if "uncertainty" not in f:
+        return None
+    group = f["uncertainty"]
+    missing = [name for name in UNCERTAINTY_FIELDS if name not in group]
+    if missing:
+        raise _bad(f, "uncertainty", f"lacks {', '.join(missing)}")
+    for name in UNCERTAINTY_FIELDS:
+        if not isinstance(group[name], h5py.Dataset) or group[name].ndim > 2:
+            raise _bad(f, f"uncertainty/{name}", "is not a 1-D or 2-D dataset")
+    n_values = sum(group[name].size for name in UNCERTAINTY_FIELDS)
+    bound = (config["n_labels"] + config["hidden_dim"] + 2) * config["hidden_dim"] + 10**8
+    if n_values > bound:
+        raise _bad(f, "uncertainty", f"declares {n_values} values")
+    uncertainty = Uncertainty(**{name: group[name][()] for name in UNCERTAINTY_FIELDS})
+    try:
+        uncertainty.check(config["n_labels"], config["hidden_dim"])
+    except ValueError as err:
+        raise _bad(f, "uncertainty", f"is inconsistent: {err}") from err
+    return uncertainty
 
 
 def as_model_state(model: GinsengModelState | str | os.PathLike) -> GinsengModelState:

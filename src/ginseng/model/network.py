@@ -203,12 +203,19 @@ class GinsengClassifier(nnx.Module):
         Inference on sparse counts computes ``z`` from the non-zero values only (see
         :func:`first_linear_sparse`) and continues here.
         """
+        return self.head(self.hidden_from_first_linear(z, key=key))
+
+    def hidden_from_first_linear(self, z: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
+        """The last hidden layer's output (cells x hidden_dim) given ``z`` (see above).
+
+        What the head maps to logits; the novelty score is a distance in this space.
+        """
         keys = jax.random.split(key, len(self.blocks)) if key is not None else None
         h = z
         for i, block in enumerate(self.blocks):
             k = None if keys is None else keys[i]
             h = block.activate(h, k) if i == 0 else block(h, k)
-        return self.head(h)
+        return h
 
 
 def first_linear_sparse(

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     import jax
 
     from .network import GinsengClassifier
+    from .uncertainty import Uncertainty
 
 # Rows per compiled forward call; smaller inputs use the next power of two so that few
 # distinct shapes are ever compiled.
@@ -96,6 +97,11 @@ class GinsengModelState:
         The :class:`~ginseng.train.GinsengClassifierTrainerSettings` used for training.
     provenance
         Package versions, seed, data fingerprint and store source.
+    uncertainty
+        Reference statistics of the novelty score and the per-label conformal scores
+        (:class:`~ginseng.model.uncertainty.Uncertainty`), fitted on the holdout at
+        training time; ``None`` for models trained before ginseng 0.3, which then
+        give neither novelty scores nor prediction sets.
 
     Examples
     --------
@@ -132,6 +138,7 @@ class GinsengModelState:
     history: dict[str, list] = field(default_factory=dict)
     settings: Any = None
     provenance: dict[str, Any] = field(default_factory=dict)
+    uncertainty: Uncertainty | None = None
 
     def __post_init__(self) -> None:
         self.genes = np.asarray(self.genes, dtype=str)
@@ -169,7 +176,7 @@ class GinsengModelState:
         return build_model(self.config, self.params)
 
     def _compiled_forward(self) -> tuple[Any, Any, Any]:
-        """Jitted ``(dense counts -> logits, first-layer output -> logits)`` and the weights.
+        """Jitted ``(dense counts -> (hidden, logits), first-layer output -> (hidden, logits))`` and the weights.
 
         The dense forward takes ``present`` (one value per gene, see
         :meth:`GinsengClassifier.preprocess`) or ``None`` for all genes measured.
@@ -180,15 +187,22 @@ class GinsengModelState:
 
             graphdef, variables = nnx.split(self.build_model())
 
+            # Both return (last hidden layer, logits): the hidden layer feeds the
+            # novelty score, and returning it costs one small transfer.
             @jax.jit
             def forward(
                 variables: Any, x: jax.Array, present: Any = None, share: Any = None
-            ) -> jax.Array:
-                return nnx.merge(graphdef, variables)(x, present=present, share=share)
+            ) -> tuple[jax.Array, jax.Array]:
+                model = nnx.merge(graphdef, variables)
+                z = model.blocks[0].linear(model.preprocess(x, present=present, share=share))
+                h = model.hidden_from_first_linear(z)
+                return h, model.head(h)
 
             @jax.jit
-            def from_first_linear(variables: Any, z: jax.Array) -> jax.Array:
-                return nnx.merge(graphdef, variables).from_first_linear(z)
+            def from_first_linear(variables: Any, z: jax.Array) -> tuple[jax.Array, jax.Array]:
+                model = nnx.merge(graphdef, variables)
+                h = model.hidden_from_first_linear(z)
+                return h, model.head(h)
 
             self._forward = (forward, from_first_linear, variables)
         return self._forward
@@ -197,6 +211,18 @@ class GinsengModelState:
         self, X: Any, *, batch_size: int = PREDICT_BATCH, missing: Any = None
     ) -> np.ndarray:
         """Return float32 logits (cells x labels) for raw counts in the model's gene order.
+
+        See :meth:`predict_hidden_logits` for the parameters.
+        """
+        return self.predict_hidden_logits(X, batch_size=batch_size, missing=missing)[1]
+
+    def predict_hidden_logits(
+        self, X: Any, *, batch_size: int = PREDICT_BATCH, missing: Any = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Return float32 last-hidden-layer outputs (cells x hidden_dim) and logits (cells x labels).
+
+        The hidden layer is what the head maps to logits; the novelty score
+        (:attr:`uncertainty`) is a distance in it.
 
         Parameters
         ----------
@@ -248,8 +274,9 @@ class GinsengModelState:
                 missing = None
         n = X.shape[0]
         out = np.empty((n, self.n_labels), np.float32)
+        hidden = np.empty((n, int(self.config["hidden_dim"])), np.float32)
         if n == 0:
-            return out
+            return hidden, out
         forward, from_first_linear, variables = self._compiled_forward()
         rows = min(batch_size, 1 << max(n - 1, 0).bit_length())
         if sparse:
@@ -271,8 +298,10 @@ class GinsengModelState:
             m = block.shape[0]
             if m < rows:
                 block = np.concatenate([block, np.zeros((rows - m, block.shape[1]), np.float32)])
-            out[start : start + m] = np.asarray(step(variables, block, *extra))[:m]
-        return out
+            h, logits = step(variables, block, *extra)
+            hidden[start : start + m] = np.asarray(h)[:m]
+            out[start : start + m] = np.asarray(logits)[:m]
+        return hidden, out
 
     def predict_proba(
         self,
@@ -348,6 +377,13 @@ def model_card(state: GinsengModelState) -> str:
         lines.append(
             f"  calibration: T = {state.temperature:.3f}, ECE {_fmt(m.get('ece_uncalibrated'))} "
             f"-> {_fmt(m.get('ece'))}{where}"
+        )
+    unc = state.uncertainty
+    if unc is not None:
+        n = unc.n_calibration
+        lines.append(
+            f"  uncertainty: novelty (Mahalanobis, last hidden layer); conformal sets from "
+            f"{int(n.sum())} held-out cells (fewest for one label: {int(n.min()) if n.size else 0})"
         )
     if state.history.get("epoch"):
         lines.append(

@@ -28,6 +28,7 @@ from ._dask import active_client, is_dask_array
 from ._query import Query, open_query
 from ._record import drop_none, model_summary
 from ._results import Annotation, annotation_table, write_annotation
+from ._uncertainty import check_uncertainty, novel_mask, set_columns, uncertainty_record
 from .kernel import ChunkResult, align_genes, assign_labels, classify_chunks, majority_vote
 
 if TYPE_CHECKING:
@@ -44,6 +45,8 @@ def classify(
     gene_key: str | None = None,
     min_gene_overlap: float = 0.5,
     unassigned_threshold: float | None = None,
+    novelty_threshold: float | None = None,
+    prediction_sets: float | None = None,
     majority_vote_key: str | None = None,
     min_prop: float = 0.0,
     store_probabilities: bool = True,
@@ -85,7 +88,8 @@ def classify(
     -------
     With ``return_table=True``: a DataFrame indexed by ``obs_names`` with columns
     ``f"{key_added}_cell_type"``, ``f"{key_added}_confidence"``, one probability column
-    per label (model order) and ``f"{key_added}_majority_vote"`` when requested.
+    per label (model order), then the novelty and prediction-set columns described
+    below when computed, and ``f"{key_added}_majority_vote"`` when requested.
     With ``copy=True``: the annotated copy. With a path: the AnnData read from it
     (backed for ``.h5ad``; for ``.zarr`` its obs/var/uns/obsm only), annotated.
     Otherwise ``None``, and ``adata`` gains:
@@ -127,6 +131,16 @@ def classify(
     >>> query.obs["ginseng_majority_vote"].dtype.name
     'category'
 
+    A novelty score for every cell, cells above the 99th percentile of held-out
+    reference cells labelled ``"Novel"``, and conformal prediction sets that hold the
+    true label of 90% of the cells of every known type (see :doc:`/uncertainty`):
+
+    >>> gs.tl.classify(query, state, layer="counts", novelty_threshold=0.99, prediction_sets=0.1)
+    >>> query.obs[["ginseng_novelty", "ginseng_prediction_set_size"]].dtypes
+    ginseng_novelty                float32
+    ginseng_prediction_set_size      int32
+    dtype: object
+
     The results as a table, leaving the AnnData untouched:
 
     >>> table = gs.tl.classify(reference, state, return_table=True)
@@ -150,6 +164,8 @@ def classify(
         gene_key=gene_key,
         min_gene_overlap=min_gene_overlap,
         unassigned_threshold=unassigned_threshold,
+        novelty_threshold=novelty_threshold,
+        prediction_sets=prediction_sets,
         majority_vote_key=majority_vote_key,
         min_prop=min_prop,
         store_probabilities=store_probabilities,
@@ -176,6 +192,8 @@ class ClassifyOptions:
     gene_key: str | None = None
     min_gene_overlap: float = 0.5
     unassigned_threshold: float | None = None
+    novelty_threshold: float | None = None
+    prediction_sets: float | None = None
     majority_vote_key: str | None = None
     min_prop: float = 0.0
     store_probabilities: bool = True
@@ -206,6 +224,10 @@ class ClassifyOptions:
             _check_writable_adata(adata)
         if self.unassigned_threshold is not None:
             fraction("unassigned_threshold", self.unassigned_threshold)
+        if self.novelty_threshold is not None:
+            fraction("novelty_threshold", self.novelty_threshold, "(0, 1)")
+        if self.prediction_sets is not None:
+            fraction("prediction_sets", self.prediction_sets, "(0, 1)")
         nonempty_str("key_added", self.key_added)
         if self.batch_size is not None:
             positive_int("batch_size", self.batch_size)
@@ -218,6 +240,8 @@ class ClassifyOptions:
             "gene_key": self.gene_key,
             "min_gene_overlap": float(self.min_gene_overlap),
             "unassigned_threshold": self.unassigned_threshold,
+            "novelty_threshold": self.novelty_threshold,
+            "prediction_sets": self.prediction_sets,
             "majority_vote_key": self.majority_vote_key,
             "min_prop": float(self.min_prop),
             "store_probabilities": bool(self.store_probabilities),
@@ -256,6 +280,7 @@ def run_classify(
     if options.batch_size is None:
         options = options.replace(batch_size=settings.chunk_size)
     options.check(adata)
+    check_uncertainty(state, options)
     batch_size = int(options.batch_size)  # type: ignore[arg-type]  # set just above
     query = open_query(
         adata, options.layer, counts_fallback=options.counts_fallback, write=options.write
@@ -285,8 +310,10 @@ def run_classify(
             where=query.where,
             layers=query.layers,
             probabilities=options.store_probabilities or options.return_table,
+            novelty=state.uncertainty is not None,
+            prediction_sets=options.prediction_sets,
         )
-    annotation = _annotation(result, labels, target.obs, options)
+    annotation = _annotation(result, labels, target.obs, options, state)
     keys = ResultKeys.from_prefix(options.key_added)
     if options.return_table:
         return annotation_table(annotation, target.obs_names, keys)
@@ -306,14 +333,31 @@ def run_classify(
 
 
 def _annotation(
-    result: ChunkResult, labels: list[str], obs: pd.DataFrame, options: ClassifyOptions
+    result: ChunkResult,
+    labels: list[str],
+    obs: pd.DataFrame,
+    options: ClassifyOptions,
+    state: GinsengModelState,
 ) -> Annotation:
-    """Labels (with Unassigned) and majority votes from the kernel's codes."""
-    predicted = assign_labels(result.codes, result.confidence, labels, options.unassigned_threshold)
+    """Labels (with Unassigned, Novel), majority votes and sets from the kernel's results."""
+    novel = novel_mask(result.novelty, state, options)
+    predicted = assign_labels(
+        result.codes, result.confidence, labels, options.unassigned_threshold, novel
+    )
     votes = None
     if options.majority_vote_key is not None:
         votes = majority_vote(predicted, obs[options.majority_vote_key], min_prop=options.min_prop)
-    return Annotation(predicted, result.confidence, result.probabilities, labels, votes)
+    sets, sizes = set_columns(result.prediction_sets, labels)
+    return Annotation(
+        predicted,
+        result.confidence,
+        result.probabilities,
+        labels,
+        votes,
+        result.novelty,
+        sets,
+        sizes,
+    )
 
 
 def _check_writable_adata(adata: AnnData) -> None:
@@ -337,9 +381,12 @@ def classify_record(
     """``uns[key_added]["classify"]``, the same for the serial and the dask path."""
     from ..model.network import missing_genes_note
 
-    return {
+    record = {
         "params": options.params(query.layer, batch_size),
         "labels": labels,
         "model": model_summary(state),
         "gene_overlap": alignment.summary(missing_genes_note(state.config)),
     }
+    if state.uncertainty is not None:
+        record["uncertainty"] = uncertainty_record(state.uncertainty, options)
+    return record

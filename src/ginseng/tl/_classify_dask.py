@@ -17,12 +17,13 @@ import pandas as pd
 from anndata import AnnData
 
 from .._errors import InputError
-from .._keys import UNASSIGNED, ResultKeys
+from .._keys import NOVEL, UNASSIGNED, ResultKeys
 from .._logging import logger, timed
 from ..data import write_results
 from ._classify import ClassifyOptions, classify_record
 from ._query import Query
 from ._results import Annotation, annotation_table, write_annotation
+from ._uncertainty import novel_mask, set_columns
 from .kernel import assign_labels
 
 if TYPE_CHECKING:
@@ -59,6 +60,9 @@ def run_dask(
     out = target.copy() if options.copy else target
     record = classify_record(options, query, batch_size, state, alignment, labels)
     workers_write = options.write and query.fmt == "zarr" and options.store_probabilities
+    novel_cutoff = None
+    if options.novelty_threshold is not None and state.uncertainty is not None:
+        novel_cutoff = state.uncertainty.novelty_cutoff(options.novelty_threshold)
 
     def annotate(target_array: ZarrTarget | None) -> tuple[Annotation, list[int]]:
         with timed(
@@ -76,22 +80,35 @@ def run_dask(
                 clusters=clusters,
                 threshold=options.unassigned_threshold,
                 materialize=options.return_table or options.write,
+                novelty=state.uncertainty is not None,
+                prediction_sets=options.prediction_sets,
+                novel_cutoff=novel_cutoff,
             )
+        novel = novel_mask(result.novelty, state, options)
         predicted = assign_labels(
-            result.codes, result.confidence, labels, options.unassigned_threshold
+            result.codes, result.confidence, labels, options.unassigned_threshold, novel
         )
         votes = None
         if result.vote_table is not None:
             assert clusters is not None  # vote_table is only computed for clusters
             categories = pd.Series(np.asarray(clusters, dtype=object), dtype="category")
-            columns = [*labels, UNASSIGNED]
+            columns = [*labels, UNASSIGNED, NOVEL]
             table = pd.DataFrame(
                 result.vote_table, index=categories.cat.categories, columns=columns
             ).reindex(columns=list(predicted.categories), fill_value=0)
             votes = votes_from_table(table, categories, min_prop=options.min_prop)
-        return Annotation(
-            predicted, result.confidence, result.probabilities, labels, votes
-        ), result.writers
+        sets, sizes = set_columns(result.prediction_sets, labels)
+        annotation = Annotation(
+            predicted,
+            result.confidence,
+            result.probabilities,
+            labels,
+            votes,
+            result.novelty,
+            sets,
+            sizes,
+        )
+        return annotation, result.writers
 
     if not workers_write:
         annotation, _ = annotate(None)

@@ -37,9 +37,16 @@ if TYPE_CHECKING:
     from ..data import GeneAlignment
     from ..model.state import GinsengModelState
 
-# Columns of the packed block result: code, confidence, then the writer's pid or the
-# probabilities. float64 holds the float32 values and the int32 codes exactly.
-_CODE, _CONF, _EXTRA = 0, 1, 2
+# Columns of the packed block result: code, confidence, novelty (NaN when not computed),
+# the prediction-set membership (0/1, n_labels columns when asked for, else none), then
+# the writer's pid or the probabilities. float64 holds the float32 values and the int32
+# codes exactly.
+_CODE, _CONF, _NOV, _SETS = 0, 1, 2, 3
+
+
+def _extra(n_sets: int) -> int:
+    """First column of the pid or probabilities, after ``n_sets`` membership columns."""
+    return _SETS + n_sets
 
 
 def is_dask_array(x: Any) -> bool:
@@ -75,8 +82,10 @@ class DaskResult:
     codes: np.ndarray
     confidence: np.ndarray
     probabilities: Any  # dask array, or None (written to the target, or not kept)
-    vote_table: np.ndarray | None  # n_clusters x (n_labels + 1), with Unassigned last
+    vote_table: np.ndarray | None  # n_clusters x (n_labels + 2): ..., Unassigned, Novel
     writers: list[int]  # pids of the processes that wrote the probabilities
+    novelty: np.ndarray | None = None
+    prediction_sets: np.ndarray | None = None  # bool cells x labels
 
 
 def _block(
@@ -88,28 +97,43 @@ def _block(
     layers: list[str],
     keep: bool,
     target: ZarrTarget | None,
+    novelty: bool = False,
+    prediction_sets: float | None = None,
     block_info: dict | None = None,
 ) -> np.ndarray:
-    """Classify one row block; pack codes, confidence and probabilities (or the writer pid)."""
+    """Classify one row block; pack codes, confidence, novelty, sets and probabilities (or the writer pid)."""
     alignment, state = model
     first = block_info is None or block_info[0]["chunk-location"][0] == 0
     if check == "raw" and not first:
         check = "sign"  # as the serial loop: the full check on the first block only
     part = classify_chunk(
-        chunk, alignment, state, check=check, where=where, layers=layers, probabilities=True
+        chunk,
+        alignment,
+        state,
+        check=check,
+        where=where,
+        layers=layers,
+        probabilities=True,
+        novelty=novelty,
+        prediction_sets=prediction_sets,
     )
-    width = _EXTRA + (state.n_labels if keep else 1)
+    n_sets = state.n_labels if prediction_sets is not None else 0
+    extra = _extra(n_sets)
+    width = extra + (state.n_labels if keep else 1)
     packed = np.zeros((part.n_cells, width), np.float64)
     packed[:, _CODE], packed[:, _CONF] = part.codes, part.confidence
+    packed[:, _NOV] = np.nan if part.novelty is None else part.novelty
+    if part.prediction_sets is not None:
+        packed[:, _SETS:extra] = part.prediction_sets
     if target is not None:
         import zarr
 
         start = int(block_info[0]["array-location"][0][0]) if block_info else 0
         array = zarr.open_array(target.store, path=target.path, mode="r+")
         array[start : start + part.n_cells] = np.asarray(part.probabilities)
-        packed[:, _EXTRA] = os.getpid()  # who wrote these rows
+        packed[:, extra] = os.getpid()  # who wrote these rows
     elif keep:
-        packed[:, _EXTRA:] = part.probabilities
+        packed[:, extra:] = part.probabilities
     return packed
 
 
@@ -121,11 +145,14 @@ def _vote_block(
     n_codes: int,
     n_labels: int,
     threshold: float | None,
+    novel_cutoff: float | None = None,
 ) -> np.ndarray:
-    """(cluster, label) counts of one block; label ``n_labels`` is Unassigned."""
+    """(cluster, label) counts of one block; labels ``n_labels``, ``n_labels + 1`` are Unassigned, Novel."""
     codes = packed[:, _CODE].astype(np.int64)
     if threshold is not None:
         codes = np.where(packed[:, _CONF].astype(np.float32) < threshold, n_labels, codes)
+    if novel_cutoff is not None:
+        codes = np.where(packed[:, _NOV].astype(np.float32) > novel_cutoff, n_labels + 1, codes)
     clusters = np.asarray(clusters).ravel()
     has = clusters >= 0
     flat = clusters[has].astype(np.int64) * n_codes + codes[has]
@@ -146,6 +173,9 @@ def classify_dask(
     clusters: pd.Series | None = None,
     threshold: float | None = None,
     materialize: bool = False,
+    novelty: bool = False,
+    prediction_sets: float | None = None,
+    novel_cutoff: float | None = None,
 ) -> DaskResult:
     """Run :func:`~ginseng.tl.kernel.classify_chunk` over the row blocks of a dask array.
 
@@ -172,6 +202,11 @@ def classify_dask(
     materialize
         Compute the kept probabilities in the same pass (a numpy array), e.g. for a
         table or an ``.h5ad`` file the client writes.
+    novelty, prediction_sets
+        As for :func:`~ginseng.tl.kernel.classify_chunk`; the scores and set
+        memberships come back to the client with the codes.
+    novel_cutoff
+        Novelty score above which a cell counts as ``"Novel"`` in the vote tables.
     """
     import dask
     import dask.array as da
@@ -184,10 +219,12 @@ def classify_dask(
         matrix = _regular_rows(matrix)
     keep = probabilities and target is None
     n_labels = state.n_labels
+    n_sets = n_labels if prediction_sets is not None else 0
+    extra = _extra(n_sets)
     model = dask.delayed((alignment, state), name=f"ginseng-model-{uuid.uuid4().hex}")
 
     def blocks(with_probabilities: bool, write: ZarrTarget | None) -> Any:
-        width = _EXTRA + (n_labels if with_probabilities else 1)
+        width = extra + (n_labels if with_probabilities else 1)
         return da.map_blocks(
             _block,
             matrix,
@@ -197,6 +234,8 @@ def classify_dask(
             layers=list(layers),
             keep=with_probabilities,
             target=write,
+            novelty=novelty,
+            prediction_sets=prediction_sets,
             chunks=(matrix.chunks[0], (width,)),
             dtype=np.float64,
             meta=np.empty((0, 0), np.float64),
@@ -212,7 +251,7 @@ def classify_dask(
         cluster_codes = da.from_array(
             codes_c.cat.codes.to_numpy().astype(np.int64), chunks=(matrix.chunks[0],)
         )
-        n_clusters, n_codes = len(codes_c.cat.categories), n_labels + 1
+        n_clusters, n_codes = len(codes_c.cat.categories), n_labels + 2
         table = da.map_blocks(
             _vote_block,
             packed,
@@ -221,6 +260,7 @@ def classify_dask(
             n_codes=n_codes,
             n_labels=n_labels,
             threshold=threshold,
+            novel_cutoff=novel_cutoff,
             chunks=((1,) * packed.numblocks[0], (n_clusters,), (n_codes,)),
             new_axis=2,
             dtype=np.int64,
@@ -231,14 +271,16 @@ def classify_dask(
     values = np.asarray(computed[0])
     codes = values[:, _CODE].astype(np.int32)
     confidence = values[:, _CONF].astype(np.float32)
-    writers = sorted({int(p) for p in np.unique(values[:, _EXTRA])}) if target is not None else []
+    writers = sorted({int(p) for p in np.unique(values[:, extra])}) if target is not None else []
     vote_table = np.asarray(computed[1]) if clusters is not None else None
     proba = None
     if keep and materialize:
-        proba = values[:, _EXTRA:].astype(np.float32)
+        proba = values[:, extra:].astype(np.float32)
     elif keep:  # lazy: computing it runs the model again, on the workers
-        proba = blocks(True, None)[:, _EXTRA:].astype(np.float32)
-    return DaskResult(codes, confidence, proba, vote_table, writers)
+        proba = blocks(True, None)[:, extra:].astype(np.float32)
+    scores = values[:, _NOV].astype(np.float32) if novelty else None
+    members = values[:, _SETS:extra] > 0.5 if n_sets else None
+    return DaskResult(codes, confidence, proba, vote_table, writers, scores, members)
 
 
 def _regular_rows(matrix: Any) -> Any:

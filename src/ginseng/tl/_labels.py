@@ -6,11 +6,11 @@ import numpy as np
 import pandas as pd
 
 from .._errors import InputError
-from .._keys import HETEROGENEOUS, UNASSIGNED
+from .._keys import HETEROGENEOUS, NOVEL, UNASSIGNED
 from .._validate import fraction
 
 # Reserved labels get fixed greys, so they never take a cell type's colour.
-_RESERVED_COLORS = {UNASSIGNED: "#d3d3d3", HETEROGENEOUS: "#808080"}
+_RESERVED_COLORS = {UNASSIGNED: "#d3d3d3", HETEROGENEOUS: "#808080", NOVEL: "#000000"}
 
 
 def _palette(n: int) -> list[str]:
@@ -50,11 +50,17 @@ def model_label_colors(categories: list[str], model_labels: list[str]) -> list[s
 
 
 def assign_labels(
-    codes: np.ndarray, confidence: np.ndarray, labels: list[str], threshold: float | None
+    codes: np.ndarray,
+    confidence: np.ndarray,
+    labels: list[str],
+    threshold: float | None,
+    novel: np.ndarray | None = None,
 ) -> pd.Categorical:
     """Predicted labels as a categorical over the labels that occur.
 
-    Categories keep the model's order, with ``"Unassigned"`` last when a cell got it.
+    Categories keep the model's order, with ``"Unassigned"`` and then ``"Novel"`` last
+    when a cell got them. ``novel`` (boolean per cell) marks cells labelled
+    ``"Novel"``, whatever their confidence.
     Labels no cell received are left out: scanpy's grouping functions
     (``rank_genes_groups``, ``dotplot``, ``dendrogram``) expect every category to hold
     cells. Colours stay tied to the model position (:func:`model_label_colors`).
@@ -68,6 +74,14 @@ def assign_labels(
             )
         categories.append(UNASSIGNED)
         codes = np.where(confidence < threshold, len(labels), codes)
+    if novel is not None:
+        if NOVEL in labels:
+            raise InputError(
+                f"The model has a label named {NOVEL!r}, so novelty_threshold cannot mark "
+                "novel cells; leave it None."
+            )
+        codes = np.where(np.asarray(novel, bool), len(categories), codes)
+        categories.append(NOVEL)
     predicted = pd.Categorical.from_codes(codes.astype(np.int32), categories=categories)
     return predicted.remove_unused_categories()
 

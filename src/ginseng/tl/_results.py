@@ -40,6 +40,12 @@ class Annotation:
         The model's labels, in output order.
     votes
         Categorical cluster-level labels (majority voting), or ``None``.
+    novelty
+        float32 novelty scores, or ``None`` (a model without reference statistics).
+    prediction_set
+        Categorical conformal sets (labels joined by ``"|"``), or ``None``.
+    prediction_set_size
+        int32 number of labels in each set, or ``None``.
     """
 
     predicted: pd.Categorical
@@ -47,16 +53,31 @@ class Annotation:
     probabilities: np.ndarray | None
     labels: list[str]
     votes: pd.Categorical | None = None
+    novelty: np.ndarray | None = None
+    prediction_set: pd.Categorical | None = None
+    prediction_set_size: np.ndarray | None = None
+
+    def extra_columns(self, keys: ResultKeys) -> dict[str, Any]:
+        """The ``obs`` columns beyond label and confidence: novelty and prediction sets."""
+        columns: dict[str, Any] = {}
+        if self.novelty is not None:
+            columns[keys.novelty] = np.asarray(self.novelty, np.float32)
+        if self.prediction_set is not None and self.prediction_set_size is not None:
+            columns[keys.prediction_set] = self.prediction_set
+            columns[keys.prediction_set_size] = np.asarray(self.prediction_set_size, np.int32)
+        return columns
 
 
 def annotation_table(annotation: Annotation, index: pd.Index, keys: ResultKeys) -> pd.DataFrame:
-    """The ``return_table=True`` DataFrame: label, confidence, probabilities, vote."""
+    """The ``return_table=True`` DataFrame: label, confidence, probabilities, novelty, sets, vote."""
     table = pd.DataFrame(
         {keys.cell_type: annotation.predicted, keys.confidence: np.asarray(annotation.confidence)},
         index=pd.Index(index).copy(),
     )
     columns = pd.DataFrame(annotation.probabilities, index=table.index, columns=annotation.labels)
     table = pd.concat([table, columns], axis=1)
+    for column, values in annotation.extra_columns(keys).items():
+        table[column] = values
     if annotation.votes is not None:
         table[keys.majority_vote] = annotation.votes
     return table
@@ -74,7 +95,8 @@ def write_annotation(
 
     Writes ``obs[keys.cell_type]``, ``obs[keys.confidence]``, their colours, the
     probabilities in ``obsm`` (with ``store_probabilities``), the votes and their
-    colours, and ``uns[keys.uns]["classify"] = record``.
+    colours, the novelty and the prediction sets when computed (dropping those of an
+    earlier run that are not computed now), and ``uns[keys.uns]["classify"] = record``.
 
     Returns
     -------
@@ -89,6 +111,11 @@ def write_annotation(
     labels = annotation.labels
     adata.obs[keys.cell_type] = annotation.predicted
     adata.obs[keys.confidence] = annotation.confidence
+    extra = annotation.extra_columns(keys)
+    stale = {keys.novelty, keys.prediction_set, keys.prediction_set_size} - set(extra)
+    adata.obs.drop(columns=[c for c in stale if c in adata.obs.columns], inplace=True)
+    for column, values in extra.items():
+        adata.obs[column] = values
     uns_keys = [keys.uns, keys.colors(keys.cell_type)]
     adata.uns[uns_keys[1]] = model_label_colors(list(annotation.predicted.categories), labels)
     obsm_keys = []
@@ -120,7 +147,8 @@ def results_table(adata: AnnData, *, key_added: str = PREFIX) -> pd.DataFrame:
     Returns
     -------
     A DataFrame indexed by ``obs_names`` with columns ``f"{key_added}_cell_type"``,
-    ``f"{key_added}_confidence"``, one probability column per label (model order) and
+    ``f"{key_added}_confidence"``, one probability column per label (model order), the
+    novelty and prediction-set columns when classify wrote them, and
     ``f"{key_added}_majority_vote"`` when classify voted.
 
     Raises
@@ -156,5 +184,10 @@ def results_table(adata: AnnData, *, key_added: str = PREFIX) -> pd.DataFrame:
         probabilities=np.asarray(adata.obsm[keys.probabilities]),
         labels=list(record["classify"]["labels"]),
         votes=obs[keys.majority_vote].array if keys.majority_vote in obs else None,
+        novelty=obs[keys.novelty].to_numpy() if keys.novelty in obs else None,
+        prediction_set=obs[keys.prediction_set].array if keys.prediction_set in obs else None,
+        prediction_set_size=(
+            obs[keys.prediction_set_size].to_numpy() if keys.prediction_set_size in obs else None
+        ),
     )
     return annotation_table(annotation, adata.obs_names, keys)

@@ -32,6 +32,7 @@ from .._errors import InputError
 from .._logging import progress
 from ..data import GeneAlignment, align_genes, check_raw_counts, iter_row_chunks
 from ..data import check_finite_nonnegative as _check_sign_and_finite
+from ..model.uncertainty import novelty_scores, prediction_set_members
 from ._labels import assign_labels, majority_vote, model_label_colors
 
 if TYPE_CHECKING:
@@ -75,11 +76,20 @@ class ChunkResult:
         float32 calibrated probability of that label.
     probabilities
         float32 ``n_cells x n_labels`` calibrated probabilities, or ``None`` when not kept.
+    novelty
+        float32 novelty score (:func:`ginseng.model.uncertainty.novelty_scores`), or
+        ``None`` when not computed.
+    prediction_sets
+        bool ``n_cells x n_labels`` membership of each label in each cell's conformal
+        prediction set (:func:`ginseng.model.uncertainty.prediction_set_members`), or
+        ``None`` when not computed.
     """
 
     codes: np.ndarray
     confidence: np.ndarray
     probabilities: np.ndarray | None
+    novelty: np.ndarray | None = None
+    prediction_sets: np.ndarray | None = None
 
     @property
     def n_cells(self) -> int:
@@ -113,6 +123,8 @@ def classify_chunk(
     layers: Iterable[str] = (),
     probabilities: bool = True,
     missing_genes: Literal["mean", "zero"] = "mean",
+    novelty: bool = False,
+    prediction_sets: float | None = None,
 ) -> ChunkResult:
     """Classify one block of cells: check the counts, align the genes, predict.
 
@@ -134,11 +146,22 @@ def classify_chunk(
     missing_genes
         ``"mean"``: a model gene the query lacks (``alignment.missing``) is unknown and
         set to its training mean; ``"zero"``: it is read as zero counts.
+    novelty
+        Compute the novelty score (needs ``state.uncertainty``).
+    prediction_sets
+        Level ``alpha`` of the conformal prediction sets to compute (needs
+        ``state.uncertainty``), or ``None``.
 
     Returns
     -------
     The block's :class:`ChunkResult`.
     """
+    unc = state.uncertainty
+    if (novelty or prediction_sets is not None) and unc is None:
+        raise InputError(
+            "This model stores no novelty statistics or conformal scores (it was trained "
+            "before ginseng 0.3); retrain it to get novelty scores and prediction sets."
+        )
     chunk = chunk.tocsr() if sp.issparse(chunk) else sp.csr_matrix(np.asarray(chunk))
     if chunk.ndim != 2 or chunk.shape[1] != alignment.n_query_genes:
         raise InputError(
@@ -149,10 +172,23 @@ def classify_chunk(
         raise InputError(f"missing_genes must be 'mean' or 'zero', got {missing_genes!r}.")
     check_chunk(chunk, check=check, where=where, layers=layers)
     missing = alignment.missing if missing_genes == "mean" else None
-    proba = state.predict_proba(alignment.take(chunk), missing=missing)
+    hidden, logits = state.predict_hidden_logits(alignment.take(chunk), missing=missing)
+    proba = calibrated_proba(logits, state.temperature)
     codes = proba.argmax(axis=1).astype(np.int32)
     confidence = proba[np.arange(len(proba)), codes].astype(np.float32)
-    return ChunkResult(codes, confidence, proba if probabilities else None)
+    scores = members = None
+    if unc is not None and novelty:
+        scores = novelty_scores(hidden, unc)
+    if unc is not None and prediction_sets is not None:
+        members = prediction_set_members(proba, unc.thresholds(prediction_sets))
+    return ChunkResult(codes, confidence, proba if probabilities else None, scores, members)
+
+
+def calibrated_proba(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """float32 ``softmax(logits / temperature)``, as :meth:`GinsengModelState.predict_proba`."""
+    from scipy.special import softmax
+
+    return softmax(logits.astype(np.float64) / temperature, axis=1).astype(np.float32)
 
 
 def classify_chunks(
@@ -166,6 +202,8 @@ def classify_chunks(
     layers: Iterable[str] = (),
     probabilities: bool = True,
     missing_genes: Literal["mean", "zero"] = "mean",
+    novelty: bool = False,
+    prediction_sets: float | None = None,
 ) -> ChunkResult:
     """Run :func:`~ginseng.tl.kernel.classify_chunk` over ``matrix``, ``batch_size`` rows at a time.
 
@@ -179,6 +217,8 @@ def classify_chunks(
     codes = np.empty(n, np.int32)
     confidence = np.empty(n, np.float32)
     proba = np.empty((n, state.n_labels), np.float32) if probabilities else None
+    scores = np.empty(n, np.float32) if novelty else None
+    members = np.empty((n, state.n_labels), bool) if prediction_sets is not None else None
     layers = list(layers)
     raw_checked = not check_counts
     bar = progress(total=n, desc="classifying", unit="cells")
@@ -193,11 +233,17 @@ def classify_chunks(
             layers=layers,
             probabilities=probabilities,
             missing_genes=missing_genes,
+            novelty=novelty,
+            prediction_sets=prediction_sets,
         )
         raw_checked = raw_checked or chunk.nnz > 0
         codes[rows], confidence[rows] = part.codes, part.confidence
         if proba is not None:
             proba[rows] = part.probabilities
+        if scores is not None:
+            scores[rows] = part.novelty
+        if members is not None:
+            members[rows] = part.prediction_sets
         bar.update(part.n_cells)
     bar.close()
-    return ChunkResult(codes, confidence, proba)
+    return ChunkResult(codes, confidence, proba, scores, members)

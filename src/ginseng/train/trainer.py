@@ -41,6 +41,7 @@ from ._loop import (
 )
 from .augment import Augmentation
 from .calibration import holdout_split
+from .uncertainty import fit_reference_uncertainty
 
 if TYPE_CHECKING:
     from ..data.dataset import GinsengDataset
@@ -269,6 +270,8 @@ class GinsengClassifierTrainer:
             settings=self.settings,
             provenance=self._provenance(plan, state.step, started),
         )
+        # Hook (issue 15): novelty statistics and conformal scores, on the same holdout.
+        model_state.uncertainty = fit_reference_uncertainty(model_state, self.dataset)
         return FitResult(model, model_state)
 
     # ------------------------------------------------------------------ pieces
