@@ -327,7 +327,9 @@ def test_n_top_genes_selects_scanpy_hvgs(files, quiet, capsys):
 
 def test_n_top_genes_among_the_query_genes(files, quiet):
     """--query with --n-top-genes: the N most variable reference genes the query has."""
-    state = load_model(_train(files, "hvgq", "--n-top-genes", "10", "--query", str(files.query_partial)))
+    state = load_model(
+        _train(files, "hvgq", "--n-top-genes", "10", "--query", str(files.query_partial))
+    )
     partial = ad.read_h5ad(files.query_partial)
     table = gs.pp.select_hvgs(files.ref_adata, n_top_genes=10, layer="counts", inplace=False)
     shared = files.ref_adata.var_names.isin(partial.var_names)

@@ -86,41 +86,15 @@ def preprocess_delta(
 ) -> tuple[sp.csr_matrix, np.ndarray]:
     """``h(x) - h0`` at the non-zero counts of ``X`` (CSR, model gene order), and ``h0``.
 
-    The same arithmetic as :func:`ginseng.model.network.first_linear_sparse` (which
-    returns ``h0 @ W + b + D @ W``): a zero count preprocesses to ``h0``, so only the
-    non-zeros differ from the baseline. ``missing`` genes have ``h0 = 0`` (their
-    training mean) and their columns of ``X`` must be empty.
+    :func:`ginseng.model.network.sparse_delta`, the arithmetic of the first layer
+    (:func:`~ginseng.model.network.first_linear_sparse` returns ``h0 @ W + b + D @ W``):
+    a zero count preprocesses to ``h0``, so only the non-zeros differ from the
+    baseline. A ``missing`` gene has ``h0`` at its training mean, as the classifier
+    reads it, and its column of ``X`` must be empty.
     """
-    from .network import CLIP, imputes_missing, present_share
+    from .network import sparse_delta
 
-    config, params = state.config, state.params
-    X = sp.csr_matrix(X, dtype=np.float32)
-    if not X.has_canonical_format:
-        X = X.copy()
-        X.sum_duplicates()
-    values = X.data
-    if config["normalize"]:
-        total = np.asarray(X.sum(axis=1), dtype=np.float32).ravel()
-        target = np.float32(config["target_sum"])
-        if missing is not None:
-            target = target * np.float32(present_share(config, params, missing))
-        factor = target / np.maximum(total, np.float32(1.0))
-        values = values * np.repeat(factor, np.diff(X.indptr))
-    values = np.log(np.float32(1.0) + values)
-    h0 = np.zeros(state.n_genes, np.float32)
-    if config["standardize"]:
-        mean, scale = params["gene_mean"], params["gene_scale"]
-        h0 = np.clip(-mean * scale, -CLIP, CLIP).astype(np.float32)
-        if missing is not None:
-            h0[np.asarray(missing, bool)] = 0.0
-        values = np.clip((values - mean[X.indices]) * scale[X.indices], -CLIP, CLIP)
-        values = values - h0[X.indices]
-    elif missing is not None and imputes_missing(config):
-        # A missing gene reads as its training log-mean, as the classifier reads it.
-        missing = np.asarray(missing, bool)
-        h0[missing] = params["gene_mean"][missing]
-    D = sp.csr_matrix((values.astype(np.float32), X.indices, X.indptr), shape=X.shape)
-    return D, h0
+    return sparse_delta(state.config, state.params, X, missing=missing)
 
 
 def _compiled(state: GinsengModelState) -> dict[str, Any]:

@@ -234,13 +234,34 @@ def first_linear_sparse(
     value exactly as in :meth:`GinsengClassifier.preprocess`.
 
     ``missing`` (boolean, one per gene) marks genes the query lacks: their value is
-    unknown, not zero, so their ``h0`` is 0 (the training mean after standardisation)
+    unknown, not zero, so their ``h0`` is their training mean (see :func:`sparse_delta`)
     and the normalisation target is scaled by ``present_share``, as in
     :meth:`GinsengClassifier.preprocess` with ``present = ~missing``. Their columns of
     ``X`` must be empty.
     """
     kernel = params["blocks/0/linear/kernel"]
     bias = params["blocks/0/linear/bias"]
+    D, h0 = sparse_delta(config, params, X, missing=missing)
+    offset = h0 @ kernel + bias if h0.any() else bias
+    return np.asarray(D @ kernel, dtype=np.float32) + offset.astype(np.float32)
+
+
+def sparse_delta(
+    config: dict[str, Any],
+    params: dict[str, np.ndarray],
+    X: sp.csr_matrix,
+    *,
+    missing: np.ndarray | None = None,
+) -> tuple[sp.csr_matrix, np.ndarray]:
+    """``(D, h0)``: the preprocessed counts ``X`` (CSR) as ``h0 + D``, ``D`` sparse like ``X``.
+
+    ``h0`` (one value per gene) is what a zero count preprocesses to (``clip(-mean *
+    scale)`` when standardising, else 0) and, for a ``missing`` gene, its training mean
+    (0 in standardised space, else the stored log-mean when the model imputes);
+    ``D`` holds ``h - h0`` at the non-zero counts. The first layer
+    (:func:`first_linear_sparse`) and the attributions
+    (:func:`ginseng.model.attribution.preprocess_delta`) are built on it.
+    """
     X = sp.csr_matrix(X, dtype=np.float32)
     if not X.has_canonical_format:
         # Entries stored twice must be summed before log1p, as a dense row would be.
@@ -255,22 +276,19 @@ def first_linear_sparse(
         factor = target / np.maximum(total, np.float32(1.0))
         values = values * np.repeat(factor, np.diff(X.indptr))
     values = np.log(np.float32(1.0) + values)
+    h0 = np.zeros(X.shape[1], np.float32)
+    gaps = None if missing is None else np.asarray(missing, bool)
     if config["standardize"]:
         mean, scale = params["gene_mean"], params["gene_scale"]
-        h0 = np.clip(-mean * scale, -CLIP, CLIP)
-        if missing is not None:
-            h0 = np.where(np.asarray(missing, bool), np.float32(0.0), h0).astype(np.float32)
+        h0 = np.clip(-mean * scale, -CLIP, CLIP).astype(np.float32)
+        if gaps is not None:
+            h0[gaps] = 0.0
         values = np.clip((values - mean[X.indices]) * scale[X.indices], -CLIP, CLIP)
         values = values - h0[X.indices]
-        offset = h0 @ kernel + bias
-    elif missing is not None and np.asarray(missing, bool).any() and imputes_missing(config):
-        # A missing gene reads as its training log-mean.
-        fill = np.where(np.asarray(missing, bool), params["gene_mean"], np.float32(0.0))
-        offset = fill.astype(np.float32) @ kernel + bias
-    else:
-        offset = bias
+    elif gaps is not None and imputes_missing(config):
+        h0[gaps] = params["gene_mean"][gaps]
     D = sp.csr_matrix((values.astype(np.float32), X.indices, X.indptr), shape=X.shape)
-    return np.asarray(D @ kernel, dtype=np.float32) + offset.astype(np.float32)
+    return D, h0
 
 
 def present_share(config: dict[str, Any], params: dict[str, np.ndarray], missing: Any) -> float:
