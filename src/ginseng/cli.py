@@ -218,7 +218,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--genes",
         help="boolean var column or a file with one gene per line (default: "
-        "var['ginseng_genes'] if present, else all genes)",
+        "var['ginseng_genes'] if present, else --n-top-genes highly variable genes)",
     )
     train.add_argument(
         "--n-top-genes", type=int,

@@ -76,8 +76,8 @@ def train(
         Gene names of the data you will annotate (e.g. ``query.var_names``): train only
         on reference genes it measures, so that no model gene is missing when
         classifying it (missing genes are imputed, but a model that never relied on
-        them transfers better: on the transfer benchmark, +0.09 macro-F1 with 40% of
-        the genes shared). With ``n_top_genes``, the most variable genes of the
+        them transfers better: on the transfer benchmark, +0.03 to +0.04 macro-F1 on
+        the three tasks sharing 31-40% of the genes, mean of three seeds). With ``n_top_genes``, the most variable genes of the
         reference among the shared ones are taken. Refused when no gene is shared.
     group_key
         ``obs`` column of groups (donor, batch); with ``group_level=True`` whole groups
@@ -150,8 +150,6 @@ def train(
     user_adata = adata if isinstance(adata, AnnData) else None
     if not isinstance(adata, AnnData):
         adata = read_adata(adata, backed="r" if str(adata).endswith(".h5ad") else None)
-    if genes is None and _keys.VAR_GENES in adata.var.columns:
-        genes = _keys.VAR_GENES
     if genes is None and _keys.VAR_GENES in adata.var.columns:
         genes = _keys.VAR_GENES
     chosen = training_genes(
