@@ -388,9 +388,10 @@ def _fmt(values: pd.Series, digits: int = 3) -> str:
     return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}"
 
 
-# ginseng rows: query-aware defaults, reference-only defaults, and the defaults before
-# standardize=False / n_top_genes=3000 / query_genes (runs recorded before that change).
-GINSENG_ROWS = ("ginseng", "ginseng_ref_only", "ginseng_prev")
+# ginseng rows: query-aware defaults, reference-only defaults, query-aware with the first
+# gene ranking (pancreas runs kept), and the defaults before standardize=False /
+# n_top_genes=3000 / query_genes (runs recorded before that change).
+GINSENG_ROWS = ("ginseng", "ginseng_ref_only", "ginseng_whole_ref_hvg", "ginseng_prev")
 
 
 def _as_user_gets_it(ok: pd.DataFrame) -> pd.Series:
@@ -538,7 +539,10 @@ def header(args: argparse.Namespace, loads: list[dict], commands: list[str]) -> 
             "return_table=True)`. `ginseng_ref_only`: the same without `query_genes` "
             "(the model knows nothing of the query). `ginseng_prev`: the defaults before "
             "2026-11-29 (all reference genes, per-gene standardisation), runs kept from "
-            "that date. A `<row>_overlap0` row appears only where the default classify "
+            "that date. `ginseng_whole_ref_hvg` (pancreas tasks): `query_genes` as "
+            "first released, the 3,000 shared genes ranked by the whole reference's "
+            "normalised variance; `ginseng` now selects them as `select_hvgs` does on the "
+            "shared genes alone (`mask_var`); runs kept. A `<row>_overlap0` row appears only where the default classify "
             "refused the query (GeneMismatchError below 50% of the model's genes found) and "
             "scores the same model with `min_gene_overlap=0`; the summary tables count it "
             "in its row's place.",

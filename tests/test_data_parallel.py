@@ -196,7 +196,7 @@ def test_two_processes_share_blocks_and_agree(make_toy, tmp_path):
     adata = make_toy(n_cells=2600, n_genes=30, n_types=3, seed=12)
     ds = GinsengDataset.create(tmp_path / "s.zarr", adata, "cell_type")
     port = str(free_port())
-    settings = SETTINGS | {"batch_size": 32, "min_steps": 20}
+    settings = SETTINGS | {"batch_size": 32, "min_steps": 80}
     children = [
         start_child(tmp_path, ds.path, tmp_path / f"p{i}", settings, port, str(i)) for i in (0, 1)
     ]

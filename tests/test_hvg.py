@@ -261,3 +261,35 @@ def test_bad_data(synth):
     tiny.obs["one"] = ["a"] + ["b"] * 39
     with pytest.raises(InputError, match="batch 'a'"):
         select_hvgs(tiny, 10, batch_key="one")
+
+
+@pytest.mark.parametrize("flavor", ["seurat_v3", "seurat"])
+def test_mask_var_is_the_selection_on_those_genes(synth, tmp_path, flavor):
+    """mask_var selects as on adata[:, mask], in memory and backed, without the view."""
+    synth = synth.copy()
+    rng = np.random.default_rng(3)
+    mask = rng.random(synth.n_vars) < 0.6
+    subset = synth[:, mask].copy()
+    expected = select_hvgs(subset, 25, flavor=flavor, inplace=False)
+    path = tmp_path / "synth.h5ad"
+    synth.write_h5ad(path)
+    for adata in (synth, ad.read_h5ad(path, backed="r")):
+        table = select_hvgs(adata, 25, flavor=flavor, mask_var=mask, inplace=False, chunk_size=97)
+        assert list(table.index) == list(synth.var_names)
+        pd.testing.assert_frame_equal(table.loc[subset.var_names], expected, check_exact=False)
+        assert not table.loc[~mask, "selected"].any()
+        assert table.loc[~mask, "rank"].isna().all()
+    synth.var["keep"] = mask
+    select_hvgs(synth, 25, flavor=flavor, mask_var="keep")
+    assert synth.var["ginseng_genes"].sum() == expected["selected"].sum()
+    assert synth.uns["ginseng"]["select_hvgs"]["params"]["mask_var"] == "keep"
+
+
+def test_mask_var_is_validated(synth):
+    synth = synth.copy()
+    with pytest.raises(InputError, match="one entry per gene"):
+        select_hvgs(synth, 5, mask_var=np.ones(3, bool))
+    with pytest.raises(InputError, match="is not a column"):
+        select_hvgs(synth, 5, mask_var="nope")
+    with pytest.raises(InputError, match=r"number of genes in mask_var \(4\)"):
+        select_hvgs(synth, 5, mask_var=np.arange(synth.n_vars) < 4)

@@ -71,8 +71,8 @@ def classify(
     >>> adata.obs["ginseng_cell_type"].cat.categories[:2].tolist()
     ['CD4+/CD25 T Reg', 'CD4+/CD45RA+/CD25- Naive T']
     >>> predictions = ginseng.classify(adata, state, return_table=True)
-    >>> predictions.shape  # cell type, confidence and one probability per label
-    (350, 12)
+    >>> predictions.shape  # cell type, confidence, one probability per label, novelty
+    (350, 13)
     """
     from .tl._classify import ClassifyOptions, run_classify
 

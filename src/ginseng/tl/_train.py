@@ -77,8 +77,10 @@ def train(
         on reference genes it measures, so that no model gene is missing when
         classifying it (missing genes are imputed, but a model that never relied on
         them transfers better: on the transfer benchmark, +0.03 to +0.04 macro-F1 on
-        the three tasks sharing 31-40% of the genes, mean of three seeds). With ``n_top_genes``, the most variable genes of the
-        reference among the shared ones are taken. Refused when no gene is shared.
+        the three tasks sharing 31-40% of the genes, mean of three seeds). With more
+        shared genes than ``n_top_genes``, they are the selection
+        :func:`ginseng.pp.select_hvgs` makes on the shared genes alone (``mask_var``).
+        Refused when no gene is shared.
     group_key
         ``obs`` column of groups (donor, batch); with ``group_level=True`` whole groups
         are held out.

@@ -54,15 +54,12 @@ def training_genes(
         return None if shared is None else candidates
     from ..pp import select_hvgs
 
-    table = select_hvgs(adata, n_top_genes=n_top_genes, layer=layer, inplace=False)
+    # Among the shared genes, the selection select_hvgs makes on those genes alone (its
+    # trend fitted on them): on human -> mouse pancreas that gained 0.05 macro-F1 over
+    # ranking the whole reference's genes (three seeds; docs/transfer.md).
+    table = select_hvgs(adata, n_top_genes=n_top_genes, layer=layer, mask_var=shared, inplace=False)
     assert table is not None
-    if shared is None:
-        mask = np.asarray(table["selected"].to_numpy(), dtype=bool)
-    else:
-        # The most variable genes of the whole reference, among those the query has.
-        score = np.where(shared, table["variances_norm"].to_numpy(dtype=np.float64), -np.inf)
-        mask = np.zeros(adata.n_vars, dtype=bool)
-        mask[np.argsort(-score, kind="stable")[:n_top_genes]] = True
+    mask = np.asarray(table["selected"].to_numpy(), dtype=bool)
     logger.info(
         "training on the %d most variable of %d%s genes (n_top_genes=%d; None trains on all)",
         int(mask.sum()),

@@ -53,13 +53,23 @@ def _log_roundtrip(data: np.ndarray, scale: np.ndarray) -> np.ndarray:
 class ChunkReader:
     """Per-batch, per-gene sums over the row chunks of a matrix."""
 
-    def __init__(self, matrix: Any, chunk_size: int, codes: np.ndarray, n_batches: int, where: str):
+    def __init__(
+        self,
+        matrix: Any,
+        chunk_size: int,
+        codes: np.ndarray,
+        n_batches: int,
+        where: str,
+        columns: np.ndarray | None = None,
+    ):
         self.matrix = matrix
         self.chunk_size = chunk_size
         self.codes = codes
         self.n_batches = n_batches
         self.where = where
-        self.n_genes = int(matrix.shape[1])
+        # Only these columns (sorted indices), as if the matrix had no others.
+        self.columns = columns
+        self.n_genes = int(matrix.shape[1] if columns is None else len(columns))
         self.n_cells = np.bincount(codes, minlength=n_batches)
         self.checked = False
 
@@ -79,6 +89,8 @@ class ChunkReader:
         for rows, chunk in progress(chunks, total=n_chunks, desc="hvg", unit="chunk"):
             if not self.checked:
                 check_finite_nonnegative(chunk, where=self.where)
+            if self.columns is not None:
+                chunk = sp.csr_matrix(chunk[:, self.columns])
             scale = _cell_scale(chunk) if normalise else None
             row_offset = self.codes[rows] * self.n_genes
             indptr = chunk.indptr

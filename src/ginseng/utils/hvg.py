@@ -39,6 +39,7 @@ def select_hvgs(
     span: float = 0.3,
     chunk_size: int | None = None,
     key_added: str = VAR_GENES,
+    mask_var: str | np.ndarray | None = None,
     inplace: bool = True,
 ) -> pd.DataFrame | None:
     """Select highly variable genes from raw counts without loading the matrix.
@@ -93,6 +94,13 @@ def select_hvgs(
         Name of the boolean ``adata.var`` column. The rank column is
         ``"ginseng_hvg_rank"`` for the default key and ``f"{key_added}_hvg_rank"``
         otherwise.
+    mask_var
+        Choose among these genes only (a boolean mask over ``var_names`` or the name of a
+        boolean ``var`` column): the selection is the one made on ``adata[:, mask_var]``
+        (its trend fitted on those genes, cells normalised over them for ``"seurat"``),
+        read chunk by chunk without building that view. Other genes are not selected and
+        have NaN statistics. ``gs.tl.train(..., query_genes=...)`` uses it for the genes
+        a query measures.
     inplace
         Write the result into ``adata``; otherwise return it as a table and leave
         ``adata`` untouched.
@@ -151,9 +159,13 @@ def select_hvgs(
         raise InputError(f"adata is empty ({adata.n_obs} cells x {adata.n_vars} genes).")
     if isinstance(n_top_genes, bool) or not isinstance(n_top_genes, int | np.integer):
         raise InputError(f"n_top_genes must be an integer, got {n_top_genes!r}.")
-    if not 1 <= n_top_genes <= adata.n_vars:
+    columns = _mask_columns(adata, mask_var)
+    n_candidates = adata.n_vars if columns is None else len(columns)
+    if not 1 <= n_top_genes <= n_candidates:
+        within = "" if columns is None else " in mask_var"
         raise InputError(
-            f"n_top_genes={n_top_genes} must be between 1 and the number of genes ({adata.n_vars})."
+            f"n_top_genes={n_top_genes} must be between 1 and the number of genes{within} "
+            f"({n_candidates})."
         )
     n_top_genes = int(n_top_genes)
     if flavor == "seurat_v3" and not 0 < span <= 1:
@@ -168,12 +180,18 @@ def select_hvgs(
     where = matrix_name(layer)
 
     with timed(f"selecting {n_top_genes} highly variable genes ({flavor}) from {where}"):
-        reader = ChunkReader(matrix, chunk_size, codes, len(batches), where)
+        reader = ChunkReader(matrix, chunk_size, codes, len(batches), where, columns)
+        names = adata.var_names if columns is None else adata.var_names[columns]
         if flavor == "seurat_v3":
             table = _seurat_v3(reader, n_top_genes, span, batches)
         else:
-            table = _seurat(reader, n_top_genes, adata.var_names)
-    table.index = adata.var_names.copy()
+            table = _seurat(reader, n_top_genes, names)
+    table.index = names.copy()
+    if columns is not None:  # the other genes: not selected, no statistics
+        table = table.reindex(adata.var_names)
+        table["selected"] = table["selected"].eq(True).to_numpy(dtype=bool)
+        if "nbatches" in table:
+            table["nbatches"] = table["nbatches"].fillna(0).astype(int)
     if batch_key is None:
         table = table.drop(columns="nbatches")
     logger.info("    %d genes selected", int(table["selected"].sum()))
@@ -192,6 +210,8 @@ def select_hvgs(
     }
     if layer is not None:
         params["layer"] = layer
+    if columns is not None:
+        params["mask_var"] = mask_var if isinstance(mask_var, str) else len(columns)
     if batch_key is not None:
         params["batch_key"] = batch_key
     adata.uns.setdefault(UNS_KEY, {})["select_hvgs"] = {"params": params}
@@ -208,6 +228,24 @@ def _batch_codes(adata: AnnData, batch_key: str | None) -> tuple[np.ndarray, pd.
         raise InputError(f"adata.obs[{batch_key!r}] has {n_missing} missing value(s).")
     codes, uniques = pd.factorize(values, sort=True)
     return codes.astype(np.intp), pd.Index(uniques)
+
+
+def _mask_columns(adata: AnnData, mask_var: Any) -> np.ndarray | None:
+    """Sorted column indices of ``mask_var`` (a var column name or a boolean mask)."""
+    if mask_var is None:
+        return None
+    if isinstance(mask_var, str):
+        if mask_var not in adata.var.columns:
+            raise InputError(f"mask_var={mask_var!r} is not a column of adata.var.")
+        mask = adata.var[mask_var].to_numpy()
+    else:
+        mask = np.asarray(mask_var)
+    if mask.dtype != bool or mask.shape != (adata.n_vars,):
+        raise InputError(
+            f"mask_var must be a boolean mask with one entry per gene ({adata.n_vars}), got "
+            f"dtype {mask.dtype} and shape {mask.shape}."
+        )
+    return np.flatnonzero(mask)
 
 
 def _seurat_v3(reader: ChunkReader, n_top: int, span: float, batches: pd.Index) -> pd.DataFrame:
