@@ -222,7 +222,7 @@ class GinsengModelState:
         """Return float32 last-hidden-layer outputs (cells x hidden_dim) and logits (cells x labels).
 
         The hidden layer is what the head maps to logits; the novelty score
-        (:attr:`uncertainty`) is a distance in it.
+        (``uncertainty``) is a distance in it.
 
         Parameters
         ----------

@@ -68,7 +68,7 @@ class Uncertainty:
     ----------
     novelty_means
         float32 ``n_labels x hidden_dim``: each label's mean last-hidden-layer output
-        over the reference training cells, multiplied by :attr:`novelty_whiten`
+        over the reference training cells, multiplied by ``novelty_whiten``
         (NaN rows for labels without training cells).
     novelty_whiten
         float32 ``hidden_dim x hidden_dim`` matrix ``W`` with ``W W^T = S^-1``, the
@@ -96,7 +96,7 @@ class Uncertainty:
             setattr(self, name, np.asarray(getattr(self, name), dtype=dtype))
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """The stored arrays by name (:data:`FIELDS`)."""
+        """The stored arrays by name (``FIELDS``)."""
         return {name: getattr(self, name) for name in FIELDS}
 
     @property

@@ -62,11 +62,11 @@ def markers(
     show, save
         As scanpy's plots: show the figure; write it to this path.
     **kwargs
-        Passed to :func:`scanpy.pl.dotplot` (e.g. ``standard_scale="var"``).
+        Passed to ``scanpy.pl.dotplot`` (e.g. ``standard_scale="var"``).
 
     Returns
     -------
-    The dict of matplotlib Axes that :func:`scanpy.pl.dotplot` returns with
+    The dict of matplotlib Axes that ``scanpy.pl.dotplot`` returns with
     ``show=False`` (``"mainplot_ax"``, ...). ``adata`` is not modified.
 
     Raises

@@ -77,11 +77,11 @@ class ChunkResult:
     probabilities
         float32 ``n_cells x n_labels`` calibrated probabilities, or ``None`` when not kept.
     novelty
-        float32 novelty score (:func:`ginseng.model.uncertainty.novelty_scores`), or
+        float32 novelty score (``ginseng.model.uncertainty.novelty_scores``), or
         ``None`` when not computed.
     prediction_sets
         bool ``n_cells x n_labels`` membership of each label in each cell's conformal
-        prediction set (:func:`ginseng.model.uncertainty.prediction_set_members`), or
+        prediction set (``ginseng.model.uncertainty.prediction_set_members``), or
         ``None`` when not computed.
     """
 
