@@ -358,6 +358,26 @@ def annotate_table(capsys, files, model, query=None, *options) -> pd.DataFrame:
     return pd.read_csv(table, index_col=0)
 
 
+def test_novelty_and_prediction_sets(files, main_model, capsys):
+    """--novelty-threshold and --prediction-sets give the Python API's columns."""
+    model = main_model[0]
+    preds = annotate_table(
+        capsys, files, model, None, "--novelty-threshold", "0.9", "--prediction-sets", "0.1"
+    )
+    query = ad.read_h5ad(files.query)
+    expected = gs.tl.classify(
+        query, model, layer="counts", novelty_threshold=0.9, prediction_sets=0.1,
+        return_table=True,
+    )  # fmt: skip
+    for column in ("ginseng_cell_type", "ginseng_prediction_set", "ginseng_prediction_set_size"):
+        assert list(preds[column].fillna("").astype(str)) == list(
+            expected[column].astype(str).replace("nan", "")
+        ), column
+    np.testing.assert_allclose(preds["ginseng_novelty"], expected["ginseng_novelty"], rtol=1e-5)
+    assert (preds["ginseng_prediction_set_size"] > 0).any()
+    assert (preds["ginseng_cell_type"] == "Novel").any()  # the threshold reached the CLI
+
+
 def test_annotate_with_only_table(files, main_model, reference_table, capsys, tmp_path):
     before = files.query.read_bytes()
     table = tmp_path / "predictions.csv"

@@ -136,6 +136,8 @@ def _annotate(args: argparse.Namespace) -> int:
         "min_gene_overlap": args.min_gene_overlap,
         "unassigned_threshold": args.threshold,
         "majority_vote_key": args.majority_vote,
+        "novelty_threshold": args.novelty_threshold,
+        "prediction_sets": args.prediction_sets,
         "batch_size": args.batch_size,
     }
     with _dask_client(args.workers, args.scheduler):
@@ -246,6 +248,16 @@ def _parser() -> argparse.ArgumentParser:
         "--threshold", type=float, help="label cells below this confidence 'Unassigned'"
     )
     annotate.add_argument("--majority-vote", help="obs column of clusters for majority voting")
+    annotate.add_argument(
+        "--novelty-threshold", type=float,
+        help="label cells whose novelty exceeds this quantile of held-out reference cells "
+        "'Novel' (e.g. 0.99)",
+    )  # fmt: skip
+    annotate.add_argument(
+        "--prediction-sets", type=float, metavar="ALPHA",
+        help="write conformal prediction sets covering the true label with probability "
+        "1 - ALPHA (e.g. 0.1)",
+    )  # fmt: skip
     annotate.add_argument("--gene-key", help="var column with gene names matching the model")
     annotate.add_argument(
         "--min-gene-overlap", type=float, default=0.5, help="default: %(default)s"
