@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +29,7 @@ from ._query import Query, open_query
 from ._record import drop_none, model_summary
 from ._results import Annotation, annotation_table, write_annotation
 from ._uncertainty import check_uncertainty, novel_mask, set_columns, uncertainty_record
-from .kernel import ChunkResult, align_genes, assign_labels, classify_chunks, majority_vote
+from .kernel import align_genes, assign_labels, classify_chunks, majority_vote
 
 if TYPE_CHECKING:
     from ..model.state import GinsengModelState
@@ -313,7 +313,14 @@ def run_classify(
             novelty=state.uncertainty is not None,
             prediction_sets=options.prediction_sets,
         )
-    annotation = _annotation(result, labels, target.obs, options, state)
+
+    def votes(predicted: pd.Series) -> pd.Series | None:
+        if options.majority_vote_key is None:
+            return None
+        clusters = target.obs[options.majority_vote_key]
+        return majority_vote(predicted, clusters, min_prop=options.min_prop)
+
+    annotation = annotation_from(result, labels, options, state, votes)
     keys = ResultKeys.from_prefix(options.key_added)
     if options.return_table:
         return annotation_table(annotation, target.obs_names, keys)
@@ -332,28 +339,30 @@ def run_classify(
     return None
 
 
-def _annotation(
-    result: ChunkResult,
+def annotation_from(
+    result: Any,
     labels: list[str],
-    obs: pd.DataFrame,
     options: ClassifyOptions,
     state: GinsengModelState,
+    votes: Callable[[pd.Series], pd.Series | None],
 ) -> Annotation:
-    """Labels (with Unassigned, Novel), majority votes and sets from the kernel's results."""
+    """Labels (with Unassigned, Novel), votes and sets from a kernel's results.
+
+    ``votes`` turns the predicted labels into cluster votes (``None`` without
+    majority voting): the serial path votes on them directly, the dask path from the
+    per-block tables its workers summed.
+    """
     novel = novel_mask(result.novelty, state, options)
     predicted = assign_labels(
         result.codes, result.confidence, labels, options.unassigned_threshold, novel
     )
-    votes = None
-    if options.majority_vote_key is not None:
-        votes = majority_vote(predicted, obs[options.majority_vote_key], min_prop=options.min_prop)
     sets, sizes = set_columns(result.prediction_sets, labels)
     return Annotation(
         predicted,
         result.confidence,
         result.probabilities,
         labels,
-        votes,
+        votes(predicted),
         result.novelty,
         sets,
         sizes,

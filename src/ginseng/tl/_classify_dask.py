@@ -20,11 +20,9 @@ from .._errors import InputError
 from .._keys import NOVEL, UNASSIGNED, ResultKeys
 from .._logging import logger, timed
 from ..data import write_results
-from ._classify import ClassifyOptions, classify_record
+from ._classify import ClassifyOptions, annotation_from, classify_record
 from ._query import Query
 from ._results import Annotation, annotation_table, write_annotation
-from ._uncertainty import novel_mask, set_columns
-from .kernel import assign_labels
 
 if TYPE_CHECKING:
     from ..model.state import GinsengModelState
@@ -84,30 +82,19 @@ def run_dask(
                 prediction_sets=options.prediction_sets,
                 novel_cutoff=novel_cutoff,
             )
-        novel = novel_mask(result.novelty, state, options)
-        predicted = assign_labels(
-            result.codes, result.confidence, labels, options.unassigned_threshold, novel
-        )
-        votes = None
-        if result.vote_table is not None:
+
+        def votes(predicted: pd.Series) -> pd.Series | None:
+            if result.vote_table is None:
+                return None
             assert clusters is not None  # vote_table is only computed for clusters
             categories = pd.Series(np.asarray(clusters, dtype=object), dtype="category")
             columns = [*labels, UNASSIGNED, NOVEL]
             table = pd.DataFrame(
                 result.vote_table, index=categories.cat.categories, columns=columns
             ).reindex(columns=list(predicted.categories), fill_value=0)
-            votes = votes_from_table(table, categories, min_prop=options.min_prop)
-        sets, sizes = set_columns(result.prediction_sets, labels)
-        annotation = Annotation(
-            predicted,
-            result.confidence,
-            result.probabilities,
-            labels,
-            votes,
-            result.novelty,
-            sets,
-            sizes,
-        )
+            return votes_from_table(table, categories, min_prop=options.min_prop)
+
+        annotation = annotation_from(result, labels, options, state, votes)
         return annotation, result.writers
 
     if not workers_write:
