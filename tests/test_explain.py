@@ -18,11 +18,13 @@ from ginseng import InputError
 LAYER = "ginseng_attributions"
 
 
-@pytest.fixture(scope="module")
-def toy(toy_trained_standardized):
-    # Exact attributions need a standardised model (see docs/explain.md, "Models without
-    # standardisation"); test_default_models_are_warned_about covers the default.
-    return toy_trained_standardized.adata, toy_trained_standardized.state
+@pytest.fixture(scope="module", params=["default", "standardized"])
+def toy(request, toy_trained, toy_trained_standardized):
+    # Both kinds of model: without standardisation (the default) the zero-count
+    # baseline is near-degenerate for the first LayerNorm, with it it is not.
+    trained = toy_trained if request.param == "default" else toy_trained_standardized
+    assert trained.state.config["standardize"] == (request.param == "standardized")
+    return trained.adata, trained.state
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +33,7 @@ def pbmc():
     before = gs.settings.progress_bar
     gs.settings.progress_bar = False
     adata = gs.datasets.pbmc68k_counts()
-    state = gs.tl.train(adata, "bulk_labels", epochs=8, seed=0, hidden_dim=64, standardize=True)
+    state = gs.tl.train(adata, "bulk_labels", epochs=8, seed=0, hidden_dim=64)
     gs.settings.progress_bar = before
     return adata, state
 
@@ -44,7 +46,8 @@ def _log_proba(state, X, codes):
 
 def _dense_ig(state, X, codes, steps):
     """Integrated gradients computed independently: dense jax through the full network,
-    the same Gauss-Legendre nodes on the path."""
+    the same quadrature on the path (Gauss-Legendre nodes in t, each row's path
+    a = expm1(t L) / expm1(L) with L = log1p(sd(dz) / sqrt(var(z0) + 1e-6)))."""
     net = state.build_model()
     temperature = state.temperature
 
@@ -57,12 +60,18 @@ def _dense_ig(state, X, codes, steps):
     h1 = np.asarray(net.preprocess(x))
     h0 = np.asarray(net.preprocess(jnp.zeros((1, x.shape[1]))))[0]
     nodes, weights = np.polynomial.legendre.leggauss(steps)
-    alphas = ((nodes + 1) / 2)[:, None].astype(np.float32)
+    t, w = (nodes + 1) / 2, weights / 2
+    W = np.asarray(net.blocks[0].linear.kernel[...], np.float64)
+    z0 = h0 @ W + np.asarray(net.blocks[0].linear.bias[...], np.float64)
     out = np.zeros_like(h1)
     for i in range(h1.shape[0]):
-        path = jnp.asarray(h0 + alphas * (h1[i] - h0))
+        dz = (h1[i] - h0) @ W
+        speed = max(np.log1p(np.std(dz) / np.sqrt(np.var(z0) + 1e-6)), 1e-4)
+        alphas = np.expm1(t * speed) / np.expm1(speed)
+        da_dt = speed * np.exp(t * speed) / np.expm1(speed)
+        path = jnp.asarray((h0 + alphas[:, None] * (h1[i] - h0)).astype(np.float32))
         g = np.asarray(grad(path, int(codes[i])))
-        out[i] = (h1[i] - h0) * (weights[:, None] / 2 * g).sum(axis=0)
+        out[i] = (h1[i] - h0) * ((w * da_dt)[:, None] * g).sum(axis=0)
     return out
 
 
@@ -82,7 +91,7 @@ def test_explain_matches_independent_integrated_gradients(toy):
 def test_completeness_against_the_models_probabilities(toy):
     adata, state = toy
     query = adata.copy()
-    gs.tl.explain(query, state, n_top=None, steps=256)
+    gs.tl.explain(query, state, n_top=None, steps=1024)
     codes = query.obs["ginseng_explained_label"].cat.codes.to_numpy()
     X = query[:, state.genes].X
     # The explained label is the prediction, and the total is log p(x) - log p(0).
@@ -174,13 +183,15 @@ def test_backed_equals_in_memory(toy, tmp_path):
     )
     from_path = gs.tl.explain(path, state, n_top=5, batch_size=97)
     assert (from_path.layers[LAYER] != memory.layers[LAYER]).nnz == 0
-    # Other chunk sizes change only the float rounding of the compiled arithmetic.
+    # Other chunk sizes change only the float rounding of the compiled arithmetic (on
+    # the default toy model the path's gradients reach ~1e4 near the baseline, so the
+    # float32 sums differ in the fifth digit).
     other = adata.copy()
     gs.tl.explain(other, state, n_top=None, batch_size=64)
     reference = adata.copy()
     gs.tl.explain(reference, state, n_top=None)
     np.testing.assert_allclose(
-        other.layers[LAYER].toarray(), reference.layers[LAYER].toarray(), rtol=1e-5, atol=1e-5
+        other.layers[LAYER].toarray(), reference.layers[LAYER].toarray(), rtol=1e-4, atol=1e-4
     )
 
 
@@ -261,14 +272,3 @@ def test_pl_markers(pbmc, tmp_path):
     table = gs.tl.marker_genes(state, n_top=2)
     present = set(query.obs["ginseng_cell_type"].astype(str))
     assert shown == table[table["label"].isin(present)]["gene"].tolist()
-
-
-def test_default_models_are_warned_about(toy_trained, caplog):
-    """Without standardisation the zero-count baseline is degenerate: said, not hidden."""
-    adata, state = toy_trained.adata, toy_trained.state
-    assert not state.config["standardize"]
-    query = adata[:20].copy()
-    with caplog.at_level("WARNING", logger="ginseng"):
-        gs.tl.explain(query, state, n_top=None)
-    assert "attributions are approximate" in caplog.text
-    assert "ginseng_attribution_total" in query.obs

@@ -12,9 +12,11 @@ linear in the preprocessed values ``h``. Attributions are computed in that space
   explains a call by the genes the cell *expresses*, never by absent ones. A gene the
   query lacks (``missing``) has baseline and value both at its training mean, so it
   gets zero too.
-* **Method**: integrated gradients along the straight path ``h0 + a (h - h0)`` with the
-  ``steps``-point Gauss-Legendre rule (the network is smooth along the path, so 8
-  nodes are more accurate than 100 equally spaced ones). Because the first layer is linear, the path in
+* **Method**: integrated gradients along the straight path ``h0 + a (h - h0)``, with a
+  ``steps``-point Gauss-Legendre rule in a parameter ``t`` of each cell's path
+  (:func:`path_speed`: linear in ``a`` where the first LayerNorm's output changes,
+  logarithmic beyond, so the same nodes serve standardised models and the default
+  ones, whose baseline is near-degenerate for that LayerNorm). Because the first layer is linear, the path in
   its output is ``z(a) = z0 + a dz`` with ``dz = (h - h0) W`` computed from the non-zero
   counts only, and the gradient with respect to ``h`` is ``(dlogp/dz) W^T``. So each
   gene's attribution is ``(h - h0)_g * (mean_a dlogp/dz(a)) . W_g``, and the
@@ -51,6 +53,10 @@ __all__ = ["Attributions", "attribute", "baseline_log_proba", "label_saliency", 
 # Rows per compiled call; smaller blocks are padded to the next power of two.
 ATTRIBUTE_BATCH = 4096
 DEFAULT_STEPS = 16
+# flax's LayerNorm default, which the network's blocks use.
+LAYER_NORM_EPSILON = 1e-6
+# Below this rate the path rule is linear in a to float32 precision.
+MIN_SPEED = 1e-4
 # Values of the dense gradient (rows x genes) held at once: 64 MB of float32.
 DENSE_VALUES = 1 << 24
 
@@ -97,6 +103,32 @@ def preprocess_delta(
     return sparse_delta(state.config, state.params, X, missing=missing)
 
 
+def path_speed(z0: Any, dz: Any) -> Any:
+    """The rate ``L`` of each row's path parametrisation ``a = expm1(t L) / expm1(L)``.
+
+    The network's first LayerNorm is scale-invariant, so along ``z0 + a dz`` its output
+    changes on the scale ``a* = sd(z0) / sd(dz)`` (centred over hidden units, with the
+    layer's epsilon) and hardly at all beyond it. When the baseline is near-degenerate
+    (models without standardisation: ``z0`` is the first layer's small bias) ``a*`` is
+    about 0.002 for PBMC cells and equally spaced nodes all miss the change. With ``L = log1p(1 / a*)``
+    the nodes in ``t`` are linear in ``a`` below ``a*`` and logarithmic above it, so a
+    few resolve the change at any ``a*``; for a well-conditioned baseline (``a* >= 1``)
+    ``L`` is small and the rule is the plain Gauss-Legendre rule in ``a``.
+
+    Deeper layers can be steep near the baseline too, beyond what ``a*`` sees; on
+    real data the rule holds the completeness gap near 0.1-0.4% (median, 16 nodes),
+    on the near-separable toy models of the tests more nodes are needed.
+    """
+    import jax.numpy as xp
+
+    z0c = z0 - z0.mean()
+    dzc = dz - dz.mean(axis=-1, keepdims=True)
+    sd0 = xp.sqrt((z0c * z0c).mean() + LAYER_NORM_EPSILON)
+    sd = xp.sqrt((dzc * dzc).mean(axis=-1))
+    # Rows with dz = 0 (padding, cells without counts) get the plain rule.
+    return xp.maximum(xp.log1p(sd / sd0), MIN_SPEED)
+
+
 def _compiled(state: GinsengModelState) -> dict[str, Any]:
     """The jitted functions of ``state``'s network, built once per state."""
     cached = _COMPILED.get(state)
@@ -126,9 +158,14 @@ def _compiled(state: GinsengModelState) -> dict[str, Any]:
         def picked(z: jax.Array) -> jax.Array:
             return log_proba(variables, z)[rows, codes].sum()
 
+        # Per-row path parametrisation a = phi(t) (see path_speed): the nodes are on t.
+        speed = path_speed(z0, dz)[:, None]
+
         def step(total: jax.Array, node: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, None]:
-            a, w = node
-            return total + w * jax.grad(picked)(z0[None, :] + a * dz), None
+            t, w = node
+            a = jnp.expm1(t * speed) / jnp.expm1(speed)
+            da_dt = speed * jnp.exp(t * speed) / jnp.expm1(speed)
+            return total + (w * da_dt) * jax.grad(picked)(z0[None, :] + a * dz), None
 
         grads, _ = jax.lax.scan(step, jnp.zeros_like(dz), (nodes, weights))
         start = log_proba(variables, jnp.broadcast_to(z0, dz.shape))
@@ -176,7 +213,7 @@ def attribute(
         Boolean mask of the model genes the query lacks (``alignment.missing``); their
         columns of ``X`` are ignored.
     steps
-        Nodes of the Gauss-Legendre rule along the path.
+        Nodes of the Gauss-Legendre rule along the path (in its parameter ``t``).
     batch_size
         Rows per compiled call.
 
