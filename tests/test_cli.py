@@ -229,6 +229,31 @@ def test_train_info_annotate_held_out_accuracy(files, main_model, tmp_path):
     assert (annotated.layers["counts"] != source.layers["counts"]).nnz == 0
 
 
+def test_train_hierarchy_and_annotate_its_levels(files, capsys, tmp_path):
+    ref = files.ref_adata.copy()
+    ref.obs["group"] = ref.obs["cell_type"].map(
+        {"type_0": "AB", "type_1": "AB", "type_2": "CD", "type_3": "CD"}
+    )
+    path, model, table = tmp_path / "ref.h5ad", tmp_path / "tree.h5", tmp_path / "p.csv"
+    ref.write_h5ad(path)
+    code, out, _ = call(capsys, "train", path, "--labels", "cell_type", "--layer", "counts",
+                        "--hierarchy", "group", "--epochs", "1", "--out", model)  # fmt: skip
+    assert code == 0 and "hierarchy: group (2) > cell_type (4)" in out
+    assert load_model(model).hierarchy.levels == ("group", "cell_type")
+    code, _, _ = call(capsys, "annotate", files.query, "--model", model, "--layer", "counts",
+                      "--table", table)  # fmt: skip
+    preds = pd.read_csv(table, index_col=0)
+    parent = {"type_0": "AB", "type_1": "AB", "type_2": "CD", "type_3": "CD"}
+    assert code == 0
+    assert (
+        preds["ginseng_cell_type_cell_type"].map(parent) == preds["ginseng_cell_type_group"]
+    ).all()
+    # A column that does not nest the labels is refused, naming it.
+    code, _, err = call(capsys, "train", files.ref, "--labels", "cell_type", "--layer", "counts",
+                        "--hierarchy", "batch", "--out", tmp_path / "bad.h5")  # fmt: skip
+    assert code == 1 and "obs['batch']" in error_line(err)
+
+
 def test_seed_gives_identical_models(files, main_model, quiet):
     # The same seed in-process reproduces the subprocess's model bit for bit, and the
     # model records that seed (the default is 0).

@@ -102,6 +102,24 @@ def test_majority_vote_per_block_equals_serial(client, toy_trained, query, tmp_p
     np.testing.assert_array_equal(table["ginseng_majority_vote"].astype(str), truth.to_numpy())
 
 
+def test_hierarchy_levels_and_votes_equal_serial(client, toy_trained, query, tmp_path):
+    """A model with a label hierarchy: level columns and backed-off votes per block."""
+    import copy
+
+    from ginseng.model.hierarchy import Hierarchy
+
+    state = copy.copy(toy_trained.state)
+    coarse = {"type_0": "AB", "type_1": "AB", "type_2": "CD", "type_3": "CD"}
+    state.hierarchy = Hierarchy.from_mapping(coarse, state.labels, "cell_type")
+    path = tmp_path / "query.zarr"
+    query.write_zarr(path)
+    options = {"unassigned_threshold": 0.999, "majority_vote_key": "batch"}
+    serial = gs.tl.classify(query.copy(), state, batch_size=ROWS, return_table=True, **options)
+    table = gs.tl.classify(_lazy(path), state, return_table=True, **options)
+    pd.testing.assert_frame_equal(table, serial)
+    assert {"ginseng_cell_type_level_0", "ginseng_confidence_cell_type"} <= set(table.columns)
+
+
 def test_model_state_is_pickled_once_not_per_block(client, toy_trained, query, monkeypatch):
     import dask.array as da
 

@@ -47,7 +47,11 @@ min_gene_overlap
     as unknown: set to their training mean, with the normalisation target scaled to the
     present genes' expected share of the counts (see the missing-genes benchmark).
 unassigned_threshold
-    Cells whose confidence is below this get the label ``"Unassigned"``.
+    Cells whose confidence is below this get the label ``"Unassigned"``. For a model
+    with a label hierarchy, a cell instead gets the deepest label on its top-down path
+    whose summed probability passes the threshold (e.g. ``"T cell"`` when its T-cell
+    subtypes are uncertain), ``"Unassigned"`` only when not even the coarsest level
+    does (see :doc:`/hierarchy`).
 novelty_threshold
     A reference quantile in (0, 1), e.g. ``0.99``: cells whose novelty score is above
     that quantile of the scores of held-out reference cells get the label
@@ -60,6 +64,12 @@ prediction_sets
     conformal prediction set, which holds the true label of a cell of a known type
     with probability at least ``1 - alpha``, for every label (see :doc:`/uncertainty`).
     Needs a model trained by ginseng >= 0.3.
+labels
+    Restrict the calls to these model labels (e.g. the types plausible in the tissue):
+    the probabilities are renormalised over them (the full model's, conditioned on the
+    cell being one of them), ``obsm`` and ``uns[key_added]["classify"]["labels"]`` hold
+    only them, and a cell unlike all of them scores high novelty. A name the model
+    lacks is refused. See :meth:`ginseng.model.GinsengModelState.restrict_labels`.
 majority_vote_key
     ``obs`` column of clusters (e.g. ``"leiden"``): also write the most frequent
     prediction of each cluster to ``obs[f"{key_added}_majority_vote"]``.
@@ -86,6 +96,13 @@ _classify_fields = """\
     ``sc.tl.dendrogram``) accept the column as it is.
 ``obs[f"{key_added}_confidence"]``
     float32 calibrated probability of the predicted label.
+``obs[f"{key_added}_cell_type_{level}"]`` and ``obs[f"{key_added}_confidence_{level}"]``
+    For a model with a label hierarchy (see :doc:`/hierarchy`), one pair per level,
+    coarse to fine: the label at that level on the cell's top-down path (categorical;
+    ``"Unassigned"`` below the level the cell is called at) and its calibrated
+    probability (float32, the sum over the labels under it). The levels of a cell
+    always form one path of the tree, and ``{key_added}_cell_type`` is its deepest
+    assigned label, a coarser one when the finer ones miss ``unassigned_threshold``.
 ``obs[f"{key_added}_novelty"]``
     float32 novelty score: the Mahalanobis distance of the cell's last hidden layer
     to the nearest reference label, higher for cells unlike every label the model

@@ -75,6 +75,14 @@ class ResultKeys:
         """``obs`` column of the cluster-level labels."""
         return f"{self.prefix}_majority_vote"
 
+    def level(self, name: str) -> str:
+        """``obs`` column of the labels at hierarchy level ``name`` (models with one)."""
+        return f"{self.prefix}_cell_type_{name}"
+
+    def level_confidence(self, name: str) -> str:
+        """``obs`` column of the calibrated probability at hierarchy level ``name``."""
+        return f"{self.prefix}_confidence_{name}"
+
     @property
     def uns(self) -> str:
         """``uns`` key of the records (``uns[key]["classify"]``)."""

@@ -112,6 +112,7 @@ def _train(args: argparse.Namespace) -> int:
         **top,  # type: ignore[arg-type]
         query_genes=query_genes,
         group_key=args.group,
+        hierarchy=args.hierarchy,
         group_level=args.group is not None,  # --group promises whole groups held out
         epochs=args.epochs,
         seed=args.seed,
@@ -233,6 +234,12 @@ def _parser() -> argparse.ArgumentParser:
         "measures",
     )
     train.add_argument("--group", help="obs column of donors/batches (for group holdouts)")
+    train.add_argument(
+        "--hierarchy",
+        nargs="+",
+        metavar="COLUMN",
+        help="obs columns of coarser levels of --labels, coarse to fine (e.g. lineage)",
+    )
     train.add_argument("--epochs", type=int, default=10, help="default: %(default)s")
     train.add_argument("--seed", type=int, default=0, help="default: %(default)s")
     train.add_argument("--out", default="model.h5", help="model file (default: %(default)s)")

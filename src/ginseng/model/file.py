@@ -16,6 +16,10 @@ Layout (``ginseng._keys.MODEL_FORMAT_VERSION``)::
                        novelty_quantiles (float32), conformal_scores (float32),
                        conformal_offsets (int64); see ginseng.model.uncertainty.
                        Files without it load, with ``state.uncertainty = None``.
+      hierarchy        optional (ginseng >= 0.3) JSON: {"levels": [coarse..fine],
+                       "paths": [[node per level] per label, labels in output
+                       order]}; see ginseng.model.hierarchy. Files without it load
+                       with ``state.hierarchy = None``; older readers ignore it.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from .._errors import InputError, ModelFormatError
 from .._keys import MODEL_FORMAT, MODEL_FORMAT_VERSION
 from .._trainer_settings import GinsengClassifierTrainerSettings
 from .._write import write_error
+from .hierarchy import Hierarchy
 from .state import GinsengModelState, param_shapes
 from .uncertainty import FIELDS as UNCERTAINTY_FIELDS
 from .uncertainty import Uncertainty
@@ -120,6 +125,8 @@ def save_model(state: GinsengModelState, path: str | os.PathLike) -> Path:
             f.create_group("calibration").create_dataset(
                 "temperature", data=np.float64(state.temperature)
             )
+            if state.hierarchy is not None:
+                f.create_dataset("hierarchy", data=state.hierarchy.to_json(), dtype=_STR)
             if state.uncertainty is not None:
                 group = f.create_group("uncertainty")
                 for name, value in state.uncertainty.arrays().items():
@@ -304,6 +311,7 @@ def _read(f: h5py.File) -> GinsengModelState:
         settings=settings,
         provenance=values["provenance"],
         uncertainty=_read_uncertainty(f, values["config"]),
+        hierarchy=_read_hierarchy(f),
     )
     if len(state.genes) != state.config.get("n_genes") or len(state.labels) != state.config.get(
         "n_labels"
@@ -323,6 +331,18 @@ def _read(f: h5py.File) -> GinsengModelState:
             f"unexpected {extra[:5]}, wrong shape {wrong[:5]})"
         )
     return state
+
+
+def _read_hierarchy(f: h5py.File) -> Hierarchy | None:
+    """The optional ``hierarchy`` dataset, checked against the labels."""
+    if "hierarchy" not in f:
+        return None
+    try:
+        hierarchy = Hierarchy.from_json(f["hierarchy"].asstr()[()])
+        hierarchy.check(f["labels"].asstr()[()])
+    except (KeyError, TypeError, ValueError, InputError) as err:
+        raise _bad(f, "hierarchy", f"is inconsistent: {err}") from err
+    return hierarchy
 
 
 def _read_uncertainty(f: h5py.File, config: dict) -> Uncertainty | None:

@@ -18,6 +18,7 @@ from .._errors import InputError
 if TYPE_CHECKING:
     import jax
 
+    from .hierarchy import Hierarchy
     from .network import GinsengClassifier
     from .uncertainty import Uncertainty
 
@@ -102,6 +103,12 @@ class GinsengModelState:
         (:class:`~ginseng.model.uncertainty.Uncertainty`), fitted on the holdout at
         training time; ``None`` for models trained before ginseng 0.3, which then
         give neither novelty scores nor prediction sets.
+    hierarchy
+        Coarse-to-fine levels over the labels
+        (:class:`~ginseng.model.hierarchy.Hierarchy`, from ``gs.tl.train``'s
+        ``hierarchy=``), or ``None``. With one, :func:`ginseng.tl.classify` writes a
+        column per level and backs off to a coarser level when a finer one is
+        uncertain.
 
     Examples
     --------
@@ -139,6 +146,7 @@ class GinsengModelState:
     settings: Any = None
     provenance: dict[str, Any] = field(default_factory=dict)
     uncertainty: Uncertainty | None = None
+    hierarchy: Hierarchy | None = None
 
     def __post_init__(self) -> None:
         self.genes = np.asarray(self.genes, dtype=str)
@@ -146,6 +154,59 @@ class GinsengModelState:
         self.params = {k: np.asarray(v, dtype=np.float32) for k, v in self.params.items()}
         self.temperature = float(self.temperature)
         self._forward: tuple[Any, Any, Any] | None = None
+
+    def restrict_labels(self, labels: Any) -> GinsengModelState:
+        """The model over a subset of its labels, probabilities renormalised.
+
+        The output layer keeps the rows of ``labels`` (in the model's order), so the
+        calibrated probabilities are ``softmax`` over their logits alone: those of the
+        full model conditioned on the cell being one of ``labels``, calibrated when the
+        full model is. Novelty becomes the distance to the nearest kept label (a cell of
+        a dropped type scores high), with the model's reference cut-offs; conformal
+        sets keep each kept label's held-out scores (computed with all labels, so the
+        sets are conservative); a hierarchy keeps the branches of the kept labels.
+
+        Parameters
+        ----------
+        labels
+            Names of model labels, at least two; a name the model lacks raises an
+            :class:`~ginseng.InputError` naming it.
+        """
+        from dataclasses import replace
+
+        if isinstance(labels, str) or not hasattr(labels, "__iter__"):
+            raise InputError(f"labels= must be a list of label names, got {labels!r}.")
+        wanted = [str(x) for x in labels]
+        unknown = sorted(set(wanted) - set(self.labels))
+        if unknown:
+            raise InputError(
+                f"labels= names {len(unknown)} label(s) the model lacks: {unknown[:5]}; the "
+                f"model's labels are {', '.join(self.labels[:12])}"
+                + (", ..." if self.n_labels > 12 else "")
+                + "."
+            )
+        keep = np.isin(self.labels, wanted)
+        if keep.sum() < 2:
+            raise InputError(
+                f"labels= keeps {int(keep.sum())} of the model's labels; give at least two."
+            )
+        params = dict(self.params)
+        params["head/kernel"] = self.params["head/kernel"][:, keep]
+        params["head/bias"] = self.params["head/bias"][keep]
+        uncertainty = self.uncertainty
+        if uncertainty is not None:
+            uncertainty = uncertainty.restrict(keep)
+        hierarchy = self.hierarchy
+        if hierarchy is not None:
+            hierarchy = hierarchy.for_labels(self.labels[keep])
+        return replace(
+            self,
+            params=params,
+            config={**self.config, "n_labels": int(keep.sum())},
+            labels=self.labels[keep],
+            uncertainty=uncertainty,
+            hierarchy=hierarchy,
+        )
 
     @property
     def n_genes(self) -> int:
@@ -384,6 +445,13 @@ def model_card(state: GinsengModelState) -> str:
         lines.append(
             f"  uncertainty: novelty (Mahalanobis, last hidden layer); conformal sets from "
             f"{int(n.sum())} held-out cells (fewest for one label: {int(n.min()) if n.size else 0})"
+        )
+    if state.hierarchy is not None:
+        h = state.hierarchy
+        sizes = [len(set(h.paths[:, k])) for k in range(h.n_levels)]
+        lines.append(
+            "  hierarchy: "
+            + " > ".join(f"{name} ({size})" for name, size in zip(h.levels, sizes, strict=True))
         )
     if state.history.get("epoch"):
         lines.append(

@@ -99,6 +99,26 @@ class Uncertainty:
         """The stored arrays by name (``FIELDS``)."""
         return {name: getattr(self, name) for name in FIELDS}
 
+    def restrict(self, keep: np.ndarray) -> Uncertainty:
+        """The statistics of the labels where ``keep`` (a boolean mask) is true.
+
+        Novelty then measures the distance to the nearest kept label; the reference
+        quantiles (of all held-out cells) and each kept label's conformal scores stay
+        as fitted.
+        """
+        keep = np.asarray(keep, bool)
+        pieces = [
+            self.conformal_scores[start:stop]
+            for k, (start, stop) in enumerate(_pairs(self.conformal_offsets))
+            if keep[k]
+        ]
+        offsets = np.zeros(int(keep.sum()) + 1, np.int64)
+        np.cumsum([p.size for p in pieces], out=offsets[1:])
+        scores = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
+        return Uncertainty(
+            self.novelty_means[keep], self.novelty_whiten, self.novelty_quantiles, scores, offsets
+        )
+
     @property
     def n_calibration(self) -> np.ndarray:
         """int64 number of calibration (held-out) cells of each label."""

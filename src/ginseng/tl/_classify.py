@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 from anndata import AnnData
 
@@ -24,6 +25,7 @@ from .._logging import timed
 from .._settings import settings
 from .._validate import fraction, nonempty_str, positive_int
 from ..data import backed_mode, write_results
+from ..model.hierarchy import back_off, describe
 from ._dask import active_client, is_dask_array
 from ._query import Query, open_query
 from ._record import drop_none, model_summary
@@ -47,6 +49,7 @@ def classify(
     unassigned_threshold: float | None = None,
     novelty_threshold: float | None = None,
     prediction_sets: float | None = None,
+    labels: Sequence[str] | None = None,
     majority_vote_key: str | None = None,
     min_prop: float = 0.0,
     store_probabilities: bool = True,
@@ -88,8 +91,8 @@ def classify(
     -------
     With ``return_table=True``: a DataFrame indexed by ``obs_names`` with columns
     ``f"{key_added}_cell_type"``, ``f"{key_added}_confidence"``, one probability column
-    per label (model order), then the novelty and prediction-set columns described
-    below when computed, and ``f"{key_added}_majority_vote"`` when requested.
+    per label (model order), then the hierarchy-level, novelty and prediction-set
+    columns described below when computed, and ``f"{key_added}_majority_vote"`` when requested.
     With ``copy=True``: the annotated copy. With a path: the AnnData read from it
     (backed for ``.h5ad``; for ``.zarr`` its obs/var/uns/obsm only), annotated.
     Otherwise ``None``, and ``adata`` gains:
@@ -166,6 +169,7 @@ def classify(
         unassigned_threshold=unassigned_threshold,
         novelty_threshold=novelty_threshold,
         prediction_sets=prediction_sets,
+        labels=labels,
         majority_vote_key=majority_vote_key,
         min_prop=min_prop,
         store_probabilities=store_probabilities,
@@ -194,6 +198,7 @@ class ClassifyOptions:
     unassigned_threshold: float | None = None
     novelty_threshold: float | None = None
     prediction_sets: float | None = None
+    labels: Sequence[str] | None = None
     majority_vote_key: str | None = None
     min_prop: float = 0.0
     store_probabilities: bool = True
@@ -242,6 +247,7 @@ class ClassifyOptions:
             "unassigned_threshold": self.unassigned_threshold,
             "novelty_threshold": self.novelty_threshold,
             "prediction_sets": self.prediction_sets,
+            "labels": None if self.labels is None else [str(x) for x in self.labels],
             "majority_vote_key": self.majority_vote_key,
             "min_prop": float(self.min_prop),
             "store_probabilities": bool(self.store_probabilities),
@@ -277,6 +283,8 @@ def run_classify(
     from ._classify_dask import lazy_matrix, run_dask
 
     state = as_model_state(model)
+    if options.labels is not None:
+        state = state.restrict_labels(options.labels)
     if options.batch_size is None:
         options = options.replace(batch_size=settings.chunk_size)
     options.check(adata)
@@ -353,19 +361,48 @@ def annotation_from(
     per-block tables its workers summed.
     """
     novel = novel_mask(result.novelty, state, options)
-    predicted = assign_labels(
-        result.codes, result.confidence, labels, options.unassigned_threshold, novel
-    )
     sets, sizes = set_columns(result.prediction_sets, labels)
+    if state.hierarchy is None or result.level_codes is None:
+        predicted = assign_labels(
+            result.codes, result.confidence, labels, options.unassigned_threshold, novel
+        )
+        return Annotation(
+            predicted,
+            result.confidence,
+            result.probabilities,
+            labels,
+            votes(predicted),
+            result.novelty,
+            sets,
+            sizes,
+        )
+    hierarchy = state.hierarchy
+    names = list(hierarchy.names)
+    threshold = options.unassigned_threshold
+    call, confidence, depth = back_off(result.level_codes, result.level_confidence, threshold)
+    # A cell no level passes has call -1 and its coarsest probability, below threshold.
+    predicted = assign_labels(np.maximum(call, 0), confidence, names, threshold, novel)
+    levels, level_confidence = {}, {}
+    for k, name in enumerate(hierarchy.levels):
+        # assign_labels marks Unassigned where "confidence" < threshold: give it 1 down to
+        # the level called and 0 below it, so that every column agrees with the call.
+        called = (depth >= k).astype(np.float32)
+        levels[name] = assign_labels(
+            result.level_codes[:, k], called, names, None if threshold is None else 1.0, novel
+        )
+        level_confidence[name] = result.level_confidence[:, k]
     return Annotation(
         predicted,
-        result.confidence,
+        confidence,
         result.probabilities,
         labels,
         votes(predicted),
         result.novelty,
         sets,
         sizes,
+        levels=levels,
+        level_confidence=level_confidence,
+        names=names,
     )
 
 
@@ -398,4 +435,6 @@ def classify_record(
     }
     if state.uncertainty is not None:
         record["uncertainty"] = uncertainty_record(state.uncertainty, options)
+    if state.hierarchy is not None:
+        record["hierarchy"] = describe(state.hierarchy)
     return record

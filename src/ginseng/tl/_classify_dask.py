@@ -88,7 +88,8 @@ def run_dask(
                 return None
             assert clusters is not None  # vote_table is only computed for clusters
             categories = pd.Series(np.asarray(clusters, dtype=object), dtype="category")
-            columns = [*labels, UNASSIGNED, NOVEL]
+            voted = labels if state.hierarchy is None else list(state.hierarchy.names)
+            columns = [*voted, UNASSIGNED, NOVEL]
             table = pd.DataFrame(
                 result.vote_table, index=categories.cat.categories, columns=columns
             ).reindex(columns=list(predicted.categories), fill_value=0)

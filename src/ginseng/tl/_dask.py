@@ -38,15 +38,24 @@ if TYPE_CHECKING:
     from ..model.state import GinsengModelState
 
 # Columns of the packed block result: code, confidence, novelty (NaN when not computed),
-# the prediction-set membership (0/1, n_labels columns when asked for, else none), then
-# the writer's pid or the probabilities. float64 holds the float32 values and the int32
-# codes exactly.
+# the prediction-set membership (0/1, n_labels columns when asked for, else none), the
+# hierarchy's node codes then their probabilities (n_levels columns each, for a model
+# with a hierarchy), then the writer's pid or the probabilities. float64 holds the
+# float32 values and the int32 codes exactly.
 _CODE, _CONF, _NOV, _SETS = 0, 1, 2, 3
 
 
-def _extra(n_sets: int) -> int:
-    """First column of the pid or probabilities, after ``n_sets`` membership columns."""
-    return _SETS + n_sets
+def _extra(n_sets: int, n_levels: int = 0) -> int:
+    """First column of the pid or probabilities, after the set and level columns."""
+    return _SETS + n_sets + 2 * n_levels
+
+
+def _levels(packed: np.ndarray, n_sets: int, n_levels: int) -> tuple[np.ndarray, np.ndarray]:
+    """The level codes and probabilities of a packed block."""
+    start = _SETS + n_sets
+    codes = packed[:, start : start + n_levels].astype(np.int32)
+    confidence = packed[:, start + n_levels : start + 2 * n_levels].astype(np.float32)
+    return codes, confidence
 
 
 def is_dask_array(x: Any) -> bool:
@@ -86,6 +95,8 @@ class DaskResult:
     writers: list[int]  # pids of the processes that wrote the probabilities
     novelty: np.ndarray | None = None
     prediction_sets: np.ndarray | None = None  # bool cells x labels
+    level_codes: np.ndarray | None = None  # int32 cells x levels (a hierarchy's nodes)
+    level_confidence: np.ndarray | None = None  # float32 cells x levels
 
 
 def _block(
@@ -118,13 +129,18 @@ def _block(
         prediction_sets=prediction_sets,
     )
     n_sets = state.n_labels if prediction_sets is not None else 0
-    extra = _extra(n_sets)
+    n_levels = 0 if state.hierarchy is None else state.hierarchy.n_levels
+    extra = _extra(n_sets, n_levels)
     width = extra + (state.n_labels if keep else 1)
     packed = np.zeros((part.n_cells, width), np.float64)
     packed[:, _CODE], packed[:, _CONF] = part.codes, part.confidence
     packed[:, _NOV] = np.nan if part.novelty is None else part.novelty
     if part.prediction_sets is not None:
-        packed[:, _SETS:extra] = part.prediction_sets
+        packed[:, _SETS : _SETS + n_sets] = part.prediction_sets
+    if part.level_codes is not None and part.level_confidence is not None:
+        start = _SETS + n_sets
+        packed[:, start : start + n_levels] = part.level_codes
+        packed[:, start + n_levels : extra] = part.level_confidence
     if target is not None:
         import zarr
 
@@ -146,11 +162,23 @@ def _vote_block(
     n_labels: int,
     threshold: float | None,
     novel_cutoff: float | None = None,
+    n_sets: int = 0,
+    n_levels: int = 0,
 ) -> np.ndarray:
-    """(cluster, label) counts of one block; labels ``n_labels``, ``n_labels + 1`` are Unassigned, Novel."""
-    codes = packed[:, _CODE].astype(np.int64)
-    if threshold is not None:
-        codes = np.where(packed[:, _CONF].astype(np.float32) < threshold, n_labels, codes)
+    """(cluster, label) counts of one block; labels ``n_labels``, ``n_labels + 1`` are Unassigned, Novel.
+
+    With a hierarchy (``n_levels``), the labels are its node names (``n_labels`` of
+    them) and a cell counts for the node it backs off to.
+    """
+    if n_levels:
+        from ..model.hierarchy import back_off
+
+        call, _, _ = back_off(*_levels(packed, n_sets, n_levels), threshold)
+        codes = np.where(call < 0, n_labels, call).astype(np.int64)
+    else:
+        codes = packed[:, _CODE].astype(np.int64)
+        if threshold is not None:
+            codes = np.where(packed[:, _CONF].astype(np.float32) < threshold, n_labels, codes)
     if novel_cutoff is not None:
         codes = np.where(packed[:, _NOV].astype(np.float32) > novel_cutoff, n_labels + 1, codes)
     clusters = np.asarray(clusters).ravel()
@@ -220,7 +248,9 @@ def classify_dask(
     keep = probabilities and target is None
     n_labels = state.n_labels
     n_sets = n_labels if prediction_sets is not None else 0
-    extra = _extra(n_sets)
+    n_levels = 0 if state.hierarchy is None else state.hierarchy.n_levels
+    n_voted = n_labels if state.hierarchy is None else len(state.hierarchy.names)
+    extra = _extra(n_sets, n_levels)
     model = dask.delayed((alignment, state), name=f"ginseng-model-{uuid.uuid4().hex}")
 
     def blocks(with_probabilities: bool, write: ZarrTarget | None) -> Any:
@@ -251,16 +281,18 @@ def classify_dask(
         cluster_codes = da.from_array(
             codes_c.cat.codes.to_numpy().astype(np.int64), chunks=(matrix.chunks[0],)
         )
-        n_clusters, n_codes = len(codes_c.cat.categories), n_labels + 2
+        n_clusters, n_codes = len(codes_c.cat.categories), n_voted + 2
         table = da.map_blocks(
             _vote_block,
             packed,
             cluster_codes[:, None],
             n_clusters=n_clusters,
             n_codes=n_codes,
-            n_labels=n_labels,
+            n_labels=n_voted,
             threshold=threshold,
             novel_cutoff=novel_cutoff,
+            n_sets=n_sets,
+            n_levels=n_levels,
             chunks=((1,) * packed.numblocks[0], (n_clusters,), (n_codes,)),
             new_axis=2,
             dtype=np.int64,
@@ -279,8 +311,21 @@ def classify_dask(
     elif keep:  # lazy: computing it runs the model again, on the workers
         proba = blocks(True, None)[:, extra:].astype(np.float32)
     scores = values[:, _NOV].astype(np.float32) if novelty else None
-    members = values[:, _SETS:extra] > 0.5 if n_sets else None
-    return DaskResult(codes, confidence, proba, vote_table, writers, scores, members)
+    members = values[:, _SETS : _SETS + n_sets] > 0.5 if n_sets else None
+    level_codes = level_confidence = None
+    if n_levels:
+        level_codes, level_confidence = _levels(values, n_sets, n_levels)
+    return DaskResult(
+        codes,
+        confidence,
+        proba,
+        vote_table,
+        writers,
+        scores,
+        members,
+        level_codes,
+        level_confidence,
+    )
 
 
 def _regular_rows(matrix: Any) -> Any:

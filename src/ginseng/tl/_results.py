@@ -46,6 +46,15 @@ class Annotation:
         Categorical conformal sets (labels joined by ``"|"``), or ``None``.
     prediction_set_size
         int32 number of labels in each set, or ``None``.
+    levels
+        For a model with a label hierarchy: ``{level name: categorical labels}`` coarse
+        to fine, consistent along each cell's path (``"Unassigned"`` below the level
+        called); else ``None``.
+    level_confidence
+        ``{level name: float32 calibrated probability}`` of those labels, or ``None``.
+    names
+        The order that fixes colours: the model's labels, then a hierarchy's coarser
+        names; ``None`` means ``labels``.
     """
 
     predicted: pd.Categorical
@@ -56,10 +65,28 @@ class Annotation:
     novelty: np.ndarray | None = None
     prediction_set: pd.Categorical | None = None
     prediction_set_size: np.ndarray | None = None
+    levels: dict[str, pd.Categorical] | None = None
+    level_confidence: dict[str, np.ndarray] | None = None
+    names: list[str] | None = None
+
+    @property
+    def color_order(self) -> list[str]:
+        """Names in the order that fixes their colours (:func:`model_label_colors`)."""
+        return self.labels if self.names is None else self.names
+
+    def level_columns(self, keys: ResultKeys) -> dict[str, Any]:
+        """The ``obs`` columns of the hierarchy levels: labels, then confidence, per level."""
+        columns: dict[str, Any] = {}
+        for name, values in (self.levels or {}).items():
+            columns[keys.level(name)] = values
+            columns[keys.level_confidence(name)] = np.asarray(
+                (self.level_confidence or {})[name], np.float32
+            )
+        return columns
 
     def extra_columns(self, keys: ResultKeys) -> dict[str, Any]:
-        """The ``obs`` columns beyond label and confidence: novelty and prediction sets."""
-        columns: dict[str, Any] = {}
+        """The ``obs`` columns beyond label and confidence: levels, novelty, prediction sets."""
+        columns: dict[str, Any] = self.level_columns(keys)
         if self.novelty is not None:
             columns[keys.novelty] = np.asarray(self.novelty, np.float32)
         if self.prediction_set is not None and self.prediction_set_size is not None:
@@ -108,16 +135,24 @@ def write_annotation(
             f"adata.uns[{keys.uns!r}] holds a {type(entry).__name__}, not ginseng's records; "
             "pass another key_added= or remove that entry."
         )
-    labels = annotation.labels
+    labels = annotation.color_order
     adata.obs[keys.cell_type] = annotation.predicted
     adata.obs[keys.confidence] = annotation.confidence
     extra = annotation.extra_columns(keys)
-    stale = {keys.novelty, keys.prediction_set, keys.prediction_set_size} - set(extra)
+    stale = {keys.novelty, keys.prediction_set, keys.prediction_set_size}
+    earlier = entry.get("classify", {}).get("hierarchy") if isinstance(entry, Mapping) else None
+    for name in (earlier or {}).get("levels", []):
+        stale |= {keys.level(name), keys.level_confidence(name)}
+        adata.uns.pop(keys.colors(keys.level(name)), None)
+    stale -= set(extra)
     adata.obs.drop(columns=[c for c in stale if c in adata.obs.columns], inplace=True)
     for column, values in extra.items():
         adata.obs[column] = values
     uns_keys = [keys.uns, keys.colors(keys.cell_type)]
     adata.uns[uns_keys[1]] = model_label_colors(list(annotation.predicted.categories), labels)
+    for name, values in (annotation.levels or {}).items():
+        uns_keys.append(keys.colors(keys.level(name)))
+        adata.uns[uns_keys[-1]] = model_label_colors(list(values.categories), labels)
     obsm_keys = []
     if store_probabilities:
         adata.obsm[keys.probabilities] = annotation.probabilities
@@ -148,7 +183,7 @@ def results_table(adata: AnnData, *, key_added: str = PREFIX) -> pd.DataFrame:
     -------
     A DataFrame indexed by ``obs_names`` with columns ``f"{key_added}_cell_type"``,
     ``f"{key_added}_confidence"``, one probability column per label (model order), the
-    novelty and prediction-set columns when classify wrote them, and
+    hierarchy-level, novelty and prediction-set columns when classify wrote them, and
     ``f"{key_added}_majority_vote"`` when classify voted.
 
     Raises
@@ -178,7 +213,11 @@ def results_table(adata: AnnData, *, key_added: str = PREFIX) -> pd.DataFrame:
             f"adata holds no complete ginseng.tl.classify results under key_added={key_added!r} "
             "(with store_probabilities=True)."
         )
+    levels = (record["classify"].get("hierarchy") or {}).get("levels", [])
     annotation = Annotation(
+        levels={name: obs[keys.level(name)].array for name in levels} or None,
+        level_confidence={name: obs[keys.level_confidence(name)].to_numpy() for name in levels}
+        or None,
         predicted=obs[keys.cell_type].array,
         confidence=obs[keys.confidence].to_numpy(),
         probabilities=np.asarray(adata.obsm[keys.probabilities]),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +20,7 @@ from ._record import drop_none, model_summary
 from ._train_genes import DEFAULT_N_TOP_GENES, training_genes
 
 if TYPE_CHECKING:
+    from ..model.hierarchy import Hierarchy
     from ..model.state import GinsengModelState
 
 
@@ -33,6 +34,7 @@ def train(
     n_top_genes: int | None = DEFAULT_N_TOP_GENES,
     query_genes: Sequence[str] | np.ndarray | None = None,
     group_key: str | None = None,
+    hierarchy: Sequence[str] | Mapping[str, str] | None = None,
     epochs: int = 10,
     store: str | os.PathLike | None = None,
     settings: GinsengClassifierTrainerSettings | None = None,
@@ -84,6 +86,18 @@ def train(
     group_key
         ``obs`` column of groups (donor, batch); with ``group_level=True`` whole groups
         are held out.
+    hierarchy
+        Coarser levels of the labels, stored in the model so that
+        :func:`ginseng.tl.classify` writes one consistent column per level and backs
+        off to a coarser label when a finer one is uncertain (see
+        :mod:`ginseng.model.hierarchy`). Either ``obs`` columns from coarse to fine
+        (e.g. ``["lineage", "cell_type"]``, ending with ``label_key`` or not): every
+        cell of a label must have the same value in each of them; or a
+        ``{child: parent}`` mapping of label names (e.g. ``{"CD4 T": "T cell",
+        "T cell": "Lymphoid"}``), whose levels are named ``level_0`` (the roots)
+        onwards. The network trains on ``label_key`` alone. Refused, before training,
+        with an :class:`~ginseng.InputError` naming the label and levels when a node
+        would have two parents.
     epochs
         Passes over the training cells.
     store
@@ -157,6 +171,7 @@ def train(
     chosen = training_genes(
         adata, genes, n_top_genes=n_top_genes, query_genes=query_genes, layer=layer
     )
+    tree = None if hierarchy is None else _hierarchy(adata, hierarchy, label_key)
 
     with (
         timed(f"training a ginseng classifier on obs[{label_key!r}]"),
@@ -175,18 +190,30 @@ def train(
             check_counts=check_counts,
         )
         _, state = GinsengClassifierTrainer(dataset, settings).fit(epochs)
+    if tree is not None:
+        state.hierarchy = tree.for_labels(state.labels)
 
     if user_adata is not None:
         _record(
             user_adata, state, label_key, layer, genes, n_top_genes, query_genes, group_key,
-            epochs, store, settings,
+            epochs, store, settings, hierarchy,
         )  # fmt: skip
     return state
 
 
+def _hierarchy(adata: AnnData, spec: Any, label_key: str) -> Hierarchy:
+    """The hierarchy ``spec`` gives the labels of ``adata.obs[label_key]``, checked early."""
+    from ..model.hierarchy import Hierarchy
+
+    if label_key not in adata.obs.columns:
+        raise InputError(f"label_key={label_key!r} is not a column of adata.obs.")
+    values = adata.obs[label_key].dropna().astype(str)
+    return Hierarchy.build(spec, obs=adata.obs, label_key=label_key, labels=values.unique())
+
+
 def _record(
     adata, state, label_key, layer, genes, n_top_genes, query_genes, group_key, epochs, store,
-    settings,
+    settings, hierarchy,
 ) -> None:  # fmt: skip
     params = {
         "label_key": label_key,
@@ -196,6 +223,7 @@ def _record(
         "query_genes": None if query_genes is None else len(query_genes),
         "n_genes": state.n_genes,
         "group_key": group_key,
+        "hierarchy": list(state.hierarchy.levels) if hierarchy is not None else None,
         "epochs": int(epochs),
         "store": None if store is None else str(store),
         "settings": drop_none(settings.to_dict()),

@@ -83,6 +83,12 @@ class ChunkResult:
         bool ``n_cells x n_labels`` membership of each label in each cell's conformal
         prediction set (``ginseng.model.uncertainty.prediction_set_members``), or
         ``None`` when not computed.
+    level_codes
+        int32 ``n_cells x n_levels``: for a model with a label hierarchy, the node
+        (index into ``state.hierarchy.names``) of each level on the cell's top-down
+        path (:meth:`ginseng.model.hierarchy.Hierarchy.level_calls`); else ``None``.
+    level_confidence
+        float32 ``n_cells x n_levels``: the calibrated probability of those nodes.
     """
 
     codes: np.ndarray
@@ -90,6 +96,8 @@ class ChunkResult:
     probabilities: np.ndarray | None
     novelty: np.ndarray | None = None
     prediction_sets: np.ndarray | None = None
+    level_codes: np.ndarray | None = None
+    level_confidence: np.ndarray | None = None
 
     @property
     def n_cells(self) -> int:
@@ -181,7 +189,18 @@ def classify_chunk(
         scores = novelty_scores(hidden, unc)
     if unc is not None and prediction_sets is not None:
         members = prediction_set_members(proba, unc.thresholds(prediction_sets))
-    return ChunkResult(codes, confidence, proba if probabilities else None, scores, members)
+    level_codes = level_confidence = None
+    if state.hierarchy is not None:
+        level_codes, level_confidence = state.hierarchy.level_calls(proba)
+    return ChunkResult(
+        codes,
+        confidence,
+        proba if probabilities else None,
+        scores,
+        members,
+        level_codes,
+        level_confidence,
+    )
 
 
 def calibrated_proba(logits: np.ndarray, temperature: float) -> np.ndarray:
@@ -219,6 +238,9 @@ def classify_chunks(
     proba = np.empty((n, state.n_labels), np.float32) if probabilities else None
     scores = np.empty(n, np.float32) if novelty else None
     members = np.empty((n, state.n_labels), bool) if prediction_sets is not None else None
+    n_levels = 0 if state.hierarchy is None else state.hierarchy.n_levels
+    level_codes = np.empty((n, n_levels), np.int32) if n_levels else None
+    level_confidence = np.empty((n, n_levels), np.float32) if n_levels else None
     layers = list(layers)
     raw_checked = not check_counts
     bar = progress(total=n, desc="classifying", unit="cells")
@@ -244,6 +266,8 @@ def classify_chunks(
             scores[rows] = part.novelty
         if members is not None:
             members[rows] = part.prediction_sets
+        if level_codes is not None and level_confidence is not None:
+            level_codes[rows], level_confidence[rows] = part.level_codes, part.level_confidence
         bar.update(part.n_cells)
     bar.close()
-    return ChunkResult(codes, confidence, proba, scores, members)
+    return ChunkResult(codes, confidence, proba, scores, members, level_codes, level_confidence)
