@@ -234,12 +234,17 @@ def test_train_hierarchy_and_annotate_its_levels(files, capsys, tmp_path):
     ref.obs["group"] = ref.obs["cell_type"].map(
         {"type_0": "AB", "type_1": "AB", "type_2": "CD", "type_3": "CD"}
     )
+    ids = {"type_0": "CL:0000624", "type_1": "CL:0000625", "type_2": "CL:0000236",
+           "type_3": "CL:0000860"}  # fmt: skip
+    ref.obs["cl"] = ref.obs["cell_type"].astype(str).map(ids)
     path, model, table = tmp_path / "ref.h5ad", tmp_path / "tree.h5", tmp_path / "p.csv"
     ref.write_h5ad(path)
     code, out, _ = call(capsys, "train", path, "--labels", "cell_type", "--layer", "counts",
-                        "--hierarchy", "group", "--epochs", "1", "--out", model)  # fmt: skip
+                        "--hierarchy", "group", "--ontology-key", "cl", "--epochs", "1",
+                        "--out", model)  # fmt: skip
     assert code == 0 and "hierarchy: group (2) > cell_type (4)" in out
     assert load_model(model).hierarchy.levels == ("group", "cell_type")
+    assert {k: v for k, v in load_model(model).ontology.ids.items() if k in ids} == ids
     code, _, _ = call(capsys, "annotate", files.query, "--model", model, "--layer", "counts",
                       "--table", table)  # fmt: skip
     preds = pd.read_csv(table, index_col=0)

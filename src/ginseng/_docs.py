@@ -96,6 +96,9 @@ _classify_fields = """\
     ``sc.tl.dendrogram``) accept the column as it is.
 ``obs[f"{key_added}_confidence"]``
     float32 calibrated probability of the predicted label.
+``obs[f"{key_added}_cell_type_ontology_term_id"]``
+    For a model trained with ``ontology_key``: the Cell Ontology id of the predicted
+    label (categorical; ``"unknown"`` for ``"Unassigned"`` and ``"Novel"``).
 ``obs[f"{key_added}_cell_type_{level}"]`` and ``obs[f"{key_added}_confidence_{level}"]``
     For a model with a label hierarchy (see :doc:`/hierarchy`), one pair per level,
     coarse to fine: the label at that level on the cell's top-down path (categorical;

@@ -75,6 +75,11 @@ class ResultKeys:
         """``obs`` column of the cluster-level labels."""
         return f"{self.prefix}_majority_vote"
 
+    @property
+    def ontology_term_id(self) -> str:
+        """``obs`` column of the Cell Ontology id of the predicted label."""
+        return f"{self.prefix}_cell_type_ontology_term_id"
+
     def level(self, name: str) -> str:
         """``obs`` column of the labels at hierarchy level ``name`` (models with one)."""
         return f"{self.prefix}_cell_type_{name}"

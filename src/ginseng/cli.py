@@ -113,6 +113,7 @@ def _train(args: argparse.Namespace) -> int:
         query_genes=query_genes,
         group_key=args.group,
         hierarchy=args.hierarchy,
+        ontology_key=args.ontology_key,
         group_level=args.group is not None,  # --group promises whole groups held out
         epochs=args.epochs,
         seed=args.seed,
@@ -239,6 +240,11 @@ def _parser() -> argparse.ArgumentParser:
         nargs="+",
         metavar="COLUMN",
         help="obs columns of coarser levels of --labels, coarse to fine (e.g. lineage)",
+    )
+    train.add_argument(
+        "--ontology-key",
+        metavar="COLUMN",
+        help="obs column of Cell Ontology ids (e.g. cell_type_ontology_term_id)",
     )
     train.add_argument("--epochs", type=int, default=10, help="default: %(default)s")
     train.add_argument("--seed", type=int, default=0, help="default: %(default)s")

@@ -20,6 +20,8 @@ Layout (``ginseng._keys.MODEL_FORMAT_VERSION``)::
                        "paths": [[node per level] per label, labels in output
                        order]}; see ginseng.model.hierarchy. Files without it load
                        with ``state.hierarchy = None``; older readers ignore it.
+      ontology         optional (ginseng >= 0.3) JSON: {"ids": {name: CL id}, "key",
+                       "source"}; see ginseng.model.ontology.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from .._keys import MODEL_FORMAT, MODEL_FORMAT_VERSION
 from .._trainer_settings import GinsengClassifierTrainerSettings
 from .._write import write_error
 from .hierarchy import Hierarchy
+from .ontology import OntologyIds
 from .state import GinsengModelState, param_shapes
 from .uncertainty import FIELDS as UNCERTAINTY_FIELDS
 from .uncertainty import Uncertainty
@@ -127,6 +130,8 @@ def save_model(state: GinsengModelState, path: str | os.PathLike) -> Path:
             )
             if state.hierarchy is not None:
                 f.create_dataset("hierarchy", data=state.hierarchy.to_json(), dtype=_STR)
+            if state.ontology is not None:
+                f.create_dataset("ontology", data=state.ontology.to_json(), dtype=_STR)
             if state.uncertainty is not None:
                 group = f.create_group("uncertainty")
                 for name, value in state.uncertainty.arrays().items():
@@ -312,6 +317,7 @@ def _read(f: h5py.File) -> GinsengModelState:
         provenance=values["provenance"],
         uncertainty=_read_uncertainty(f, values["config"]),
         hierarchy=_read_hierarchy(f),
+        ontology=_read_ontology(f),
     )
     if len(state.genes) != state.config.get("n_genes") or len(state.labels) != state.config.get(
         "n_labels"
@@ -343,6 +349,18 @@ def _read_hierarchy(f: h5py.File) -> Hierarchy | None:
     except (KeyError, TypeError, ValueError, InputError) as err:
         raise _bad(f, "hierarchy", f"is inconsistent: {err}") from err
     return hierarchy
+
+
+def _read_ontology(f: h5py.File) -> OntologyIds | None:
+    """The optional ``ontology`` dataset, checked against the labels."""
+    if "ontology" not in f:
+        return None
+    try:
+        ontology = OntologyIds.from_json(f["ontology"].asstr()[()])
+        ontology.check(f["labels"].asstr()[()])
+    except (KeyError, TypeError, ValueError) as err:
+        raise _bad(f, "ontology", f"is inconsistent: {err}") from err
+    return ontology
 
 
 def _read_uncertainty(f: h5py.File, config: dict) -> Uncertainty | None:

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
     from .hierarchy import Hierarchy
     from .network import GinsengClassifier
+    from .ontology import OntologyIds
     from .uncertainty import Uncertainty
 
 # Rows per compiled forward call; smaller inputs use the next power of two so that few
@@ -109,6 +110,11 @@ class GinsengModelState:
         ``hierarchy=``), or ``None``. With one, :func:`ginseng.tl.classify` writes a
         column per level and backs off to a coarser level when a finer one is
         uncertain.
+    ontology
+        The Cell Ontology id of each label (and hierarchy node)
+        (:class:`~ginseng.model.ontology.OntologyIds`, from ``gs.tl.train``'s
+        ``ontology_key=``), or ``None``; :func:`ginseng.tl.classify` writes them next to
+        the labels.
 
     Examples
     --------
@@ -147,6 +153,7 @@ class GinsengModelState:
     provenance: dict[str, Any] = field(default_factory=dict)
     uncertainty: Uncertainty | None = None
     hierarchy: Hierarchy | None = None
+    ontology: OntologyIds | None = None
 
     def __post_init__(self) -> None:
         self.genes = np.asarray(self.genes, dtype=str)
@@ -452,6 +459,12 @@ def model_card(state: GinsengModelState) -> str:
         lines.append(
             "  hierarchy: "
             + " > ".join(f"{name} ({size})" for name, size in zip(h.levels, sizes, strict=True))
+        )
+    if state.ontology is not None:
+        known = sum(state.ontology.ids.get(str(x), "unknown") != "unknown" for x in state.labels)
+        lines.append(
+            f"  ontology: {known} of {state.n_labels} labels with Cell Ontology ids "
+            f"(obs[{state.ontology.key!r}]; {state.ontology.source})"
         )
     if state.history.get("epoch"):
         lines.append(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -358,8 +358,25 @@ def annotation_from(
 
     ``votes`` turns the predicted labels into cluster votes (``None`` without
     majority voting): the serial path votes on them directly, the dask path from the
-    per-block tables its workers summed.
+    per-block tables its workers summed. A model with ontology ids gets the id of
+    each predicted label too.
     """
+    annotation = _annotation(result, labels, options, state, votes)
+    if state.ontology is None:
+        return annotation
+    predicted = pd.Categorical(annotation.predicted)
+    per_category = state.ontology.for_names(predicted.categories)
+    ids = pd.Categorical(per_category[predicted.codes])
+    return replace(annotation, ontology_ids=ids)
+
+
+def _annotation(
+    result: Any,
+    labels: list[str],
+    options: ClassifyOptions,
+    state: GinsengModelState,
+    votes: Callable[[pd.Series], pd.Series | None],
+) -> Annotation:
     novel = novel_mask(result.novelty, state, options)
     sets, sizes = set_columns(result.prediction_sets, labels)
     if state.hierarchy is None or result.level_codes is None:

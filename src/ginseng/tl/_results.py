@@ -55,6 +55,9 @@ class Annotation:
     names
         The order that fixes colours: the model's labels, then a hierarchy's coarser
         names; ``None`` means ``labels``.
+    ontology_ids
+        Categorical Cell Ontology id of each predicted label (``"unknown"`` for
+        Unassigned and Novel), for a model with ids; else ``None``.
     """
 
     predicted: pd.Categorical
@@ -68,6 +71,7 @@ class Annotation:
     levels: dict[str, pd.Categorical] | None = None
     level_confidence: dict[str, np.ndarray] | None = None
     names: list[str] | None = None
+    ontology_ids: pd.Categorical | None = None
 
     @property
     def color_order(self) -> list[str]:
@@ -86,7 +90,10 @@ class Annotation:
 
     def extra_columns(self, keys: ResultKeys) -> dict[str, Any]:
         """The ``obs`` columns beyond label and confidence: levels, novelty, prediction sets."""
-        columns: dict[str, Any] = self.level_columns(keys)
+        columns: dict[str, Any] = {}
+        if self.ontology_ids is not None:
+            columns[keys.ontology_term_id] = self.ontology_ids
+        columns.update(self.level_columns(keys))
         if self.novelty is not None:
             columns[keys.novelty] = np.asarray(self.novelty, np.float32)
         if self.prediction_set is not None and self.prediction_set_size is not None:
@@ -139,7 +146,7 @@ def write_annotation(
     adata.obs[keys.cell_type] = annotation.predicted
     adata.obs[keys.confidence] = annotation.confidence
     extra = annotation.extra_columns(keys)
-    stale = {keys.novelty, keys.prediction_set, keys.prediction_set_size}
+    stale = {keys.novelty, keys.prediction_set, keys.prediction_set_size, keys.ontology_term_id}
     earlier = entry.get("classify", {}).get("hierarchy") if isinstance(entry, Mapping) else None
     for name in (earlier or {}).get("levels", []):
         stale |= {keys.level(name), keys.level_confidence(name)}
@@ -218,6 +225,7 @@ def results_table(adata: AnnData, *, key_added: str = PREFIX) -> pd.DataFrame:
         levels={name: obs[keys.level(name)].array for name in levels} or None,
         level_confidence={name: obs[keys.level_confidence(name)].to_numpy() for name in levels}
         or None,
+        ontology_ids=(obs[keys.ontology_term_id].array if keys.ontology_term_id in obs else None),
         predicted=obs[keys.cell_type].array,
         confidence=obs[keys.confidence].to_numpy(),
         probabilities=np.asarray(adata.obsm[keys.probabilities]),

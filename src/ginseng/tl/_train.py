@@ -21,6 +21,7 @@ from ._train_genes import DEFAULT_N_TOP_GENES, training_genes
 
 if TYPE_CHECKING:
     from ..model.hierarchy import Hierarchy
+    from ..model.ontology import OntologyIds
     from ..model.state import GinsengModelState
 
 
@@ -35,6 +36,7 @@ def train(
     query_genes: Sequence[str] | np.ndarray | None = None,
     group_key: str | None = None,
     hierarchy: Sequence[str] | Mapping[str, str] | None = None,
+    ontology_key: str | None = None,
     epochs: int = 10,
     store: str | os.PathLike | None = None,
     settings: GinsengClassifierTrainerSettings | None = None,
@@ -98,6 +100,15 @@ def train(
         onwards. The network trains on ``label_key`` alone. Refused, before training,
         with an :class:`~ginseng.InputError` naming the label and levels when a node
         would have two parents.
+    ontology_key
+        ``obs`` column of each cell's Cell Ontology id (e.g. CELLxGENE's
+        ``"cell_type_ontology_term_id"``): each label must have one id, a current CL
+        term or ``"unknown"``, checked against the ontology bundled with
+        ``cellxgene-ontology-guide`` (``pip install "ginseng[ontology]"``) before
+        training. The model stores them (with a hierarchy, each coarser node gets the
+        deepest common ancestor of its labels' terms) and :func:`ginseng.tl.classify`
+        writes ``obs["ginseng_cell_type_ontology_term_id"]``; see
+        :mod:`ginseng.model.ontology`.
     epochs
         Passes over the training cells.
     store
@@ -172,6 +183,7 @@ def train(
         adata, genes, n_top_genes=n_top_genes, query_genes=query_genes, layer=layer
     )
     tree = None if hierarchy is None else _hierarchy(adata, hierarchy, label_key)
+    ids = None if ontology_key is None else _ontology(adata, ontology_key, label_key, tree)
 
     with (
         timed(f"training a ginseng classifier on obs[{label_key!r}]"),
@@ -192,6 +204,7 @@ def train(
         _, state = GinsengClassifierTrainer(dataset, settings).fit(epochs)
     if tree is not None:
         state.hierarchy = tree.for_labels(state.labels)
+    state.ontology = ids
 
     if user_adata is not None:
         _record(
@@ -211,6 +224,16 @@ def _hierarchy(adata: AnnData, spec: Any, label_key: str) -> Hierarchy:
     return Hierarchy.build(spec, obs=adata.obs, label_key=label_key, labels=values.unique())
 
 
+def _ontology(adata: AnnData, ontology_key: str, label_key: str, tree: Any) -> OntologyIds:
+    """Each label's Cell Ontology id from ``adata.obs[ontology_key]``, checked early."""
+    from ..model.ontology import label_ids
+
+    if label_key not in adata.obs.columns:
+        raise InputError(f"label_key={label_key!r} is not a column of adata.obs.")
+    labels = adata.obs[label_key].dropna().astype(str).unique()
+    return label_ids(adata.obs, ontology_key, label_key, labels, hierarchy=tree)
+
+
 def _record(
     adata, state, label_key, layer, genes, n_top_genes, query_genes, group_key, epochs, store,
     settings, hierarchy,
@@ -224,6 +247,7 @@ def _record(
         "n_genes": state.n_genes,
         "group_key": group_key,
         "hierarchy": list(state.hierarchy.levels) if hierarchy is not None else None,
+        "ontology_key": None if state.ontology is None else state.ontology.key,
         "epochs": int(epochs),
         "store": None if store is None else str(store),
         "settings": drop_none(settings.to_dict()),
