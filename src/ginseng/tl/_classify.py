@@ -46,6 +46,7 @@ def classify(
     key_added: str = PREFIX,
     gene_key: str | None = None,
     min_gene_overlap: float = 0.5,
+    gene_map: Mapping[str, str] | pd.DataFrame | None = None,
     unassigned_threshold: float | None = None,
     novelty_threshold: float | None = None,
     prediction_sets: float | None = None,
@@ -166,6 +167,7 @@ def classify(
         key_added=key_added,
         gene_key=gene_key,
         min_gene_overlap=min_gene_overlap,
+        gene_map=gene_map,
         unassigned_threshold=unassigned_threshold,
         novelty_threshold=novelty_threshold,
         prediction_sets=prediction_sets,
@@ -195,6 +197,7 @@ class ClassifyOptions:
     key_added: str = PREFIX
     gene_key: str | None = None
     min_gene_overlap: float = 0.5
+    gene_map: Any = None
     unassigned_threshold: float | None = None
     novelty_threshold: float | None = None
     prediction_sets: float | None = None
@@ -244,6 +247,7 @@ class ClassifyOptions:
             "key_added": self.key_added,
             "gene_key": self.gene_key,
             "min_gene_overlap": float(self.min_gene_overlap),
+            "gene_map": None if self.gene_map is None else f"{len(self.gene_map)} pairs",
             "unassigned_threshold": self.unassigned_threshold,
             "novelty_threshold": self.novelty_threshold,
             "prediction_sets": self.prediction_sets,
@@ -301,7 +305,11 @@ def run_classify(
             f"(e.g. run sc.tl.leiden first); columns: {', '.join(map(str, target.obs.columns))}."
         )
     alignment = align_genes(
-        state.genes, target.var, gene_key=options.gene_key, min_overlap=options.min_gene_overlap
+        state.genes,
+        target.var,
+        gene_key=options.gene_key,
+        min_overlap=options.min_gene_overlap,
+        gene_map=options.gene_map,
     )
     n, labels = target.n_obs, [str(x) for x in state.labels]
     if not isinstance(adata, AnnData) and query.fmt is not None and active_client() is not None:
