@@ -148,12 +148,31 @@ def alternative_scores(
     d0 = h_q - mu0
     md0 = np.einsum("nd,de,ne->n", d0, np.linalg.inv(cov0), d0)
     f_ref, f_q = hidden_of(state, ref, first=True), hidden_of(state, query, first=True)
+    md_ref = mahalanobis_min(h_ref, y, h_ref)
     # Input space: the model's preprocessed genes, 50 principal components of the reference.
     x_ref, x_q = preprocessed(state, ref), preprocessed(state, query)
     centre = x_ref.mean(axis=0)
     _, _, vt = np.linalg.svd(x_ref - centre, full_matrices=False)
     p_ref, p_q = (x_ref - centre) @ vt[:50].T, (x_q - centre) @ vt[:50].T
+    pca_q, pca_ref = mahalanobis_min(p_ref, y, p_q), mahalanobis_min(p_ref, y, p_ref)
+    hid_q = mahalanobis_min(h_ref, y, h_q)
+
+    def reference_quantile(ref_scores: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        return np.searchsorted(np.sort(ref_scores), scores, side="right") / len(ref_scores)
+
+    def log_z(ref_scores: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        ref_log = np.log(ref_scores)
+        return (np.log(scores) - ref_log.mean()) / ref_log.std()
+
     return {
+        # Novel in either space: the larger of the two reference quantiles (ties broken
+        # by the summed log-z so that cells beyond every reference cell still rank).
+        "combined_max_quantile": np.maximum(
+            reference_quantile(md_ref, hid_q), reference_quantile(pca_ref, pca_q)
+        )
+        + 1e-6 * (log_z(md_ref, hid_q) + log_z(pca_ref, pca_q)),
+        "combined_max_log_z": np.maximum(log_z(md_ref, hid_q), log_z(pca_ref, pca_q)),
+        "combined_sum_log_z": log_z(md_ref, hid_q) + log_z(pca_ref, pca_q),
         "knn": knn,
         "relative_mahalanobis": md - md0,
         "mahalanobis_first_layer": mahalanobis_min(f_ref, y, f_q),
@@ -213,6 +232,10 @@ def run(args: argparse.Namespace) -> list[dict]:
                 "auroc_first_layer": float(roc_auc_score(novel, alt["mahalanobis_first_layer"])),
                 "auroc_input_pca": float(roc_auc_score(novel, alt["mahalanobis_input_pca"])),
                 "auroc_both_layers": float(roc_auc_score(novel, alt["mahalanobis_both_layers"])),
+                **{
+                    f"auroc_{key}": float(roc_auc_score(novel, alt[key]))
+                    for key in ("combined_max_quantile", "combined_max_log_z", "combined_sum_log_z")
+                },
                 "macro_f1_known": known_macro_f1(truth[~novel], predicted[~novel]),
                 "macro_f1_known_q99": known_macro_f1(truth[~novel], predicted_flag[~novel]),
                 "novel_flagged_q99": float((predicted_flag[novel] == "Novel").mean()),

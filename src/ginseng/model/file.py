@@ -316,8 +316,8 @@ def _read(f: h5py.File) -> GinsengModelState:
         settings=settings,
         provenance=values["provenance"],
         uncertainty=_read_uncertainty(f, values["config"]),
-        hierarchy=_read_hierarchy(f),
-        ontology=_read_ontology(f),
+        hierarchy=_read_labelled_json(f, "hierarchy", Hierarchy),
+        ontology=_read_labelled_json(f, "ontology", OntologyIds),
     )
     if len(state.genes) != state.config.get("n_genes") or len(state.labels) != state.config.get(
         "n_labels"
@@ -339,28 +339,20 @@ def _read(f: h5py.File) -> GinsengModelState:
     return state
 
 
-def _read_hierarchy(f: h5py.File) -> Hierarchy | None:
-    """The optional ``hierarchy`` dataset, checked against the labels."""
-    if "hierarchy" not in f:
+def _read_labelled_json(f: h5py.File, name: str, kind: Any) -> Any:
+    """The optional JSON dataset ``name`` read by ``kind.from_json``, checked against the labels.
+
+    ``kind`` is :class:`~ginseng.model.hierarchy.Hierarchy` or
+    :class:`~ginseng.model.ontology.OntologyIds`; ``None`` when the file has no ``name``.
+    """
+    if name not in f:
         return None
     try:
-        hierarchy = Hierarchy.from_json(f["hierarchy"].asstr()[()])
-        hierarchy.check(f["labels"].asstr()[()])
+        value = kind.from_json(f[name].asstr()[()])
+        value.check(f["labels"].asstr()[()])
     except (KeyError, TypeError, ValueError, InputError) as err:
-        raise _bad(f, "hierarchy", f"is inconsistent: {err}") from err
-    return hierarchy
-
-
-def _read_ontology(f: h5py.File) -> OntologyIds | None:
-    """The optional ``ontology`` dataset, checked against the labels."""
-    if "ontology" not in f:
-        return None
-    try:
-        ontology = OntologyIds.from_json(f["ontology"].asstr()[()])
-        ontology.check(f["labels"].asstr()[()])
-    except (KeyError, TypeError, ValueError) as err:
-        raise _bad(f, "ontology", f"is inconsistent: {err}") from err
-    return ontology
+        raise _bad(f, name, f"is inconsistent: {err}") from err
+    return value
 
 
 def _read_uncertainty(f: h5py.File, config: dict) -> Uncertainty | None:

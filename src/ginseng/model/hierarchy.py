@@ -241,7 +241,7 @@ class Hierarchy:
 
     @property
     def names(self) -> tuple[str, ...]:
-        """Every node name: the model's labels (output order), then the coarser names."""
+        """Every node name, the model's labels (output order) first, then the coarser names."""
         return self._names
 
     @property

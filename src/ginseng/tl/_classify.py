@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -366,56 +366,35 @@ def annotation_from(
 
     ``votes`` turns the predicted labels into cluster votes (``None`` without
     majority voting): the serial path votes on them directly, the dask path from the
-    per-block tables its workers summed. A model with ontology ids gets the id of
-    each predicted label too.
+    per-block tables its workers summed. With a hierarchy the labels back off along
+    each cell's path (``ginseng.model.hierarchy.back_off``); a model with ontology
+    ids gets the id of each predicted label too.
     """
-    annotation = _annotation(result, labels, options, state, votes)
-    if state.ontology is None:
-        return annotation
-    predicted = pd.Categorical(annotation.predicted)
-    per_category = state.ontology.for_names(predicted.categories)
-    ids = pd.Categorical(per_category[predicted.codes])
-    return replace(annotation, ontology_ids=ids)
-
-
-def _annotation(
-    result: Any,
-    labels: list[str],
-    options: ClassifyOptions,
-    state: GinsengModelState,
-    votes: Callable[[pd.Series], pd.Series | None],
-) -> Annotation:
     novel = novel_mask(result.novelty, state, options)
     sets, sizes = set_columns(result.prediction_sets, labels)
-    if state.hierarchy is None or result.level_codes is None:
-        predicted = assign_labels(
-            result.codes, result.confidence, labels, options.unassigned_threshold, novel
-        )
-        return Annotation(
-            predicted,
-            result.confidence,
-            result.probabilities,
-            labels,
-            votes(predicted),
-            result.novelty,
-            sets,
-            sizes,
-        )
-    hierarchy = state.hierarchy
-    names = list(hierarchy.names)
     threshold = options.unassigned_threshold
-    call, confidence, depth = back_off(result.level_codes, result.level_confidence, threshold)
-    # A cell no level passes has call -1 and its coarsest probability, below threshold.
-    predicted = assign_labels(np.maximum(call, 0), confidence, names, threshold, novel)
-    levels, level_confidence = {}, {}
-    for k, name in enumerate(hierarchy.levels):
-        # assign_labels marks Unassigned where "confidence" < threshold: give it 1 down to
-        # the level called and 0 below it, so that every column agrees with the call.
-        called = (depth >= k).astype(np.float32)
-        levels[name] = assign_labels(
-            result.level_codes[:, k], called, names, None if threshold is None else 1.0, novel
-        )
-        level_confidence[name] = result.level_confidence[:, k]
+    levels = level_confidence = names = None
+    if state.hierarchy is None or result.level_codes is None:
+        confidence = result.confidence
+        predicted = assign_labels(result.codes, confidence, labels, threshold, novel)
+    else:
+        names = list(state.hierarchy.names)
+        call, confidence, depth = back_off(result.level_codes, result.level_confidence, threshold)
+        # A cell no level passes has call -1 and its coarsest probability, below threshold.
+        predicted = assign_labels(np.maximum(call, 0), confidence, names, threshold, novel)
+        levels, level_confidence = {}, {}
+        for k, name in enumerate(state.hierarchy.levels):
+            # assign_labels marks Unassigned where "confidence" < threshold: give it 1 down
+            # to the level called and 0 below it, so that every column agrees with the call.
+            called = (depth >= k).astype(np.float32)
+            levels[name] = assign_labels(
+                result.level_codes[:, k], called, names, None if threshold is None else 1.0, novel
+            )
+            level_confidence[name] = result.level_confidence[:, k]
+    ontology_ids = None
+    if state.ontology is not None:
+        codes = pd.Categorical(predicted)
+        ontology_ids = pd.Categorical(state.ontology.for_names(codes.categories)[codes.codes])
     return Annotation(
         predicted,
         confidence,
@@ -428,6 +407,7 @@ def _annotation(
         levels=levels,
         level_confidence=level_confidence,
         names=names,
+        ontology_ids=ontology_ids,
     )
 
 

@@ -92,7 +92,7 @@ def train(
         Coarser levels of the labels, stored in the model so that
         :func:`ginseng.tl.classify` writes one consistent column per level and backs
         off to a coarser label when a finer one is uncertain (see
-        :mod:`ginseng.model.hierarchy`). Either ``obs`` columns from coarse to fine
+        :class:`~ginseng.model.hierarchy.Hierarchy`). Either ``obs`` columns from coarse to fine
         (e.g. ``["lineage", "cell_type"]``, ending with ``label_key`` or not): every
         cell of a label must have the same value in each of them; or a
         ``{child: parent}`` mapping of label names (e.g. ``{"CD4 T": "T cell",
@@ -108,7 +108,7 @@ def train(
         training. The model stores them (with a hierarchy, each coarser node gets the
         deepest common ancestor of its labels' terms) and :func:`ginseng.tl.classify`
         writes ``obs["ginseng_cell_type_ontology_term_id"]``; see
-        :mod:`ginseng.model.ontology`.
+        :class:`~ginseng.model.ontology.OntologyIds`.
     epochs
         Passes over the training cells.
     store
