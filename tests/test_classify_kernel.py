@@ -165,3 +165,30 @@ def test_shared_parameter_docs_are_the_same_text():
     assert section(gs.tl.classify, "layer") == section(gs.tl.train, "layer")
     assert section(gs.tl.classify, "adata") == section(gs.classify, "adata")
     assert section(gs.tl.classify, "return_table") == section(gs.classify, "return_table")
+
+
+def test_read_ahead_keeps_order_errors_and_early_stops():
+    """The background fetch of classify's chunk loop: same items, same order, errors
+    raised where they are consumed, and a stopped consumer leaves no fetch running."""
+    import threading
+
+    from ginseng.data import read_ahead
+
+    fetched = []
+
+    def items(n, fail_at=None):
+        for i in range(n):
+            if i == fail_at:
+                raise ValueError(f"item {i}")
+            fetched.append((i, threading.current_thread().name))
+            yield i
+
+    assert list(read_ahead(items(6))) == list(range(6))
+    assert {name for _, name in fetched} == {"ginseng-stream_0"}  # read in the background
+    with pytest.raises(ValueError, match="item 3"):
+        list(read_ahead(items(6, fail_at=3)))
+    fetched.clear()
+    reader = read_ahead(items(100))
+    assert next(reader) == 0
+    reader.close()  # waits for the one fetch in flight
+    assert len(fetched) <= 2

@@ -8,13 +8,15 @@ bounded by ``chunk_size`` rows whatever the number of cells.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import scipy.sparse as sp
 from anndata import AnnData
 
 from .._errors import InputError
+
+T = TypeVar("T")
 
 
 def get_matrix(adata: AnnData, layer: str | None = None) -> Any:
@@ -72,6 +74,30 @@ def iter_row_chunks(matrix: Any, chunk_size: int) -> Iterator[tuple[slice, sp.cs
     for start in range(0, n_rows, chunk_size):
         stop = min(start + chunk_size, n_rows)
         yield slice(start, stop), _as_csr(matrix[start:stop])
+
+
+def read_ahead(items: Iterator[T]) -> Iterator[T]:
+    """Yield ``items``, fetching the next one in the background while the caller works.
+
+    The fetch runs on the reader thread the training stream uses
+    (``ginseng.data._stream``), so reading a backed file's next chunk (h5py, zarr
+    decoding) overlaps with classifying this one (XLA and numpy release the GIL). At
+    most one item is in flight: memory grows by one chunk. An error raised while
+    fetching is raised here; a caller that stops early waits for the fetch in flight.
+    """
+    from ._stream import _reader
+
+    executor = _reader()
+    done = object()
+    future = executor.submit(next, items, done)
+    try:
+        while (item := future.result()) is not done:
+            future = executor.submit(next, items, done)
+            yield item  # type: ignore[misc]  # not the sentinel
+    finally:
+        # A caller that stopped early (or an error): the fetch in flight finishes first.
+        if not future.cancel():
+            future.exception()
 
 
 def check_finite_nonnegative(chunk: sp.csr_matrix, *, where: str) -> None:

@@ -30,7 +30,7 @@ import scipy.sparse as sp
 
 from .._errors import InputError
 from .._logging import progress
-from ..data import GeneAlignment, align_genes, check_raw_counts, iter_row_chunks
+from ..data import GeneAlignment, align_genes, check_raw_counts, iter_row_chunks, read_ahead
 from ..data import check_finite_nonnegative as _check_sign_and_finite
 from ..model.uncertainty import novelty_scores, prediction_set_members
 from ._labels import assign_labels, majority_vote, model_label_colors
@@ -228,7 +228,9 @@ def classify_chunks(
 
     The serial driver of :func:`ginseng.tl.classify`: reads the matrix (in memory,
     backed or an anndata sparse dataset) a block at a time with a progress bar and
-    gathers the results, so memory holds one block plus the results. With
+    gathers the results, so memory holds two blocks (the next is read in the
+    background while this one is classified, :func:`ginseng.data.read_ahead`) plus the
+    results. With
     ``check_counts``, the first block with values gets the ``"raw"`` check and the
     others the cheap ``"sign"`` check.
     """
@@ -244,7 +246,7 @@ def classify_chunks(
     layers = list(layers)
     raw_checked = not check_counts
     bar = progress(total=n, desc="classifying", unit="cells")
-    for rows, chunk in iter_row_chunks(matrix, batch_size):
+    for rows, chunk in read_ahead(iter_row_chunks(matrix, batch_size)):
         check: CountCheck = "none" if not check_counts else "sign" if raw_checked else "raw"
         part = classify_chunk(
             chunk,
