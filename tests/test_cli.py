@@ -259,6 +259,29 @@ def test_train_hierarchy_and_annotate_its_levels(files, capsys, tmp_path):
     assert code == 1 and "obs['batch']" in error_line(err)
 
 
+def test_annotate_gene_map_and_only_labels(files, main_model, capsys, tmp_path):
+    model, _ = main_model
+    query = files.query_adata.copy()
+    original = list(query.var_names)
+    query.var_names = [f"m_{g}" for g in original]
+    path, genes = tmp_path / "renamed.h5ad", tmp_path / "map.csv"
+    query.write_h5ad(path)
+    pd.DataFrame({"mouse": query.var_names, "human": original}).to_csv(genes, index=False)
+    table = tmp_path / "p.csv"
+    code, _, err = call(capsys, "annotate", path, "--model", model, "--layer", "counts",
+                        "--gene-map", genes, "--only-labels", "type_0", "type_1",
+                        "--table", table)  # fmt: skip
+    assert code == 0, err
+    preds = pd.read_csv(table, index_col=0)
+    expected = gs.tl.classify(files.query_adata, load_model(model), layer="counts",
+                              labels=["type_0", "type_1"], return_table=True)  # fmt: skip
+    assert list(preds["ginseng_cell_type"]) == list(expected["ginseng_cell_type"].astype(str))
+    assert {"type_0", "type_1"} <= set(preds.columns) and "type_2" not in preds.columns
+    code, _, err = call(capsys, "annotate", path, "--model", model, "--gene-map",
+                        tmp_path / "none.csv", "--table", table)  # fmt: skip
+    assert code == 1 and "none.csv" in error_line(err)
+
+
 def test_seed_gives_identical_models(files, main_model, quiet):
     # The same seed in-process reproduces the subprocess's model bit for bit, and the
     # model records that seed (the default is 0).

@@ -140,10 +140,26 @@ def _annotate(args: argparse.Namespace) -> int:
         "majority_vote_key": args.majority_vote,
         "novelty_threshold": args.novelty_threshold,
         "prediction_sets": args.prediction_sets,
+        "labels": args.only_labels,
+        "gene_map": None if args.gene_map is None else _gene_map(args.gene_map),
         "batch_size": args.batch_size,
     }
     with _dask_client(args.workers, args.scheduler):
         return _annotate_with(args, tl, new_file, adata, options)
+
+
+def _gene_map(path: str) -> pd.DataFrame:
+    """``--gene-map``: a CSV (or TSV) whose first two columns are query and model gene names."""
+    import pandas as pd
+
+    if not Path(path).is_file():
+        raise InputError(f"--gene-map {path!r} is not a file.")
+    sep = "\t" if path.endswith((".tsv", ".txt")) else ","
+    try:
+        table = pd.read_csv(path, sep=sep, dtype=str)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise InputError(f"--gene-map {path!r} is not a readable CSV/TSV table: {err}") from err
+    return table
 
 
 def _dask_client(workers: int | None, scheduler: str | None):
@@ -272,6 +288,15 @@ def _parser() -> argparse.ArgumentParser:
         "1 - ALPHA (e.g. 0.1)",
     )  # fmt: skip
     annotate.add_argument("--gene-key", help="var column with gene names matching the model")
+    annotate.add_argument(
+        "--gene-map", metavar="TABLE",
+        help="CSV/TSV whose first two columns map query gene names to the model's "
+        "(e.g. one-to-one orthologs)",
+    )  # fmt: skip
+    annotate.add_argument(
+        "--only-labels", nargs="+", metavar="LABEL",
+        help="restrict the calls to these model labels (probabilities renormalised)",
+    )  # fmt: skip
     annotate.add_argument(
         "--min-gene-overlap", type=float, default=0.5, help="default: %(default)s"
     )
