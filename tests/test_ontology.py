@@ -4,6 +4,8 @@ package's own lowest-common-ancestor search."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -116,3 +118,25 @@ def test_train_refuses_bad_ids_before_training(make_toy):
     adata.obs["cl"] = adata.obs["cell_type"].astype(str).map({**TOY_IDS, "type_2": "B cell"})
     with pytest.raises(InputError, match="'type_2' the id 'B cell'"):
         gs.tl.train(adata, "cell_type", ontology_key="cl", epochs=1)
+
+
+def test_hierarchy_from_the_ontology(make_toy):
+    adata = make_toy(n_cells=300, seed=2)
+    adata.obs["cl"] = adata.obs["cell_type"].astype(str).map(TOY_IDS)
+    state = gs.tl.train(adata, "cell_type", ontology_key="cl", hierarchy="ontology", epochs=1,
+                        n_top_genes=None, hidden_dim=16)  # fmt: skip
+    tree, ids = state.hierarchy, state.ontology.ids
+    parser = OntologyParser()
+    for row in tree.paths:
+        terms = [ids[str(node)] for node in row]
+        # Each node is an ancestor (or the same term) of the node below it: a chain of
+        # the ontology, from the label's own term up.
+        for up, down in itertools.pairwise(terms):
+            assert up in parser.get_term_ancestors(down, include_self=True)
+        assert ids[str(row[-1])] == TOY_IDS[str(row[-1])]
+    # CD4 and CD8 alpha-beta T cells meet at a common node below the root.
+    rows = {str(r[-1]): list(map(str, r)) for r in tree.paths}
+    assert rows["type_0"][:-1] == rows["type_1"][:-1] != rows["type_3"][:-1]
+    assert parser.get_term_label(ids[rows["type_0"][-2]]) == rows["type_0"][-2]
+    with pytest.raises(InputError, match="give ontology_key"):
+        gs.tl.train(adata, "cell_type", hierarchy="ontology", epochs=1)

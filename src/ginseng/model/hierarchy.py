@@ -202,7 +202,8 @@ class Hierarchy:
         if isinstance(spec, str) or not isinstance(spec, Sequence):
             raise InputError(
                 "hierarchy= must be a list of obs columns from coarse to fine (e.g. "
-                f"['lineage', {label_key!r}]) or a {{child: parent}} mapping, got {spec!r}."
+                f"['lineage', {label_key!r}]), a {{child: parent}} mapping or \"ontology\" "
+                f"(with ontology_key=), got {spec!r}."
             )
         return cls.from_columns(obs, spec, label_key, labels)
 

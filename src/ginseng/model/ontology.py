@@ -164,6 +164,54 @@ def label_ids(
     return OntologyIds(ids, ontology_key, _source(ontology))
 
 
+def ontology_parents(ids: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """A ``{child: parent}`` tree over the labels from the Cell Ontology, and its nodes' ids.
+
+    Each label's term climbs through CELLxGENE's curated cell classes and subclasses
+    (the lists bundled with ``cellxgene-ontology-guide``): a term's parent is its
+    nearest strict ancestor in those lists (ties: the smallest id), named by its
+    ontology label, so "CD4-positive, alpha-beta memory T cell" sits under
+    "CD4-positive, alpha-beta T cell" under "T cell" and so on. Taking one parent per
+    term turns the ontology's graph into a tree. Labels with an ``"unknown"`` id stay
+    roots. For :meth:`ginseng.model.hierarchy.Hierarchy.from_mapping`.
+
+    Returns
+    -------
+    ``(parents, node_ids)``: the mapping, and the term of every node it adds.
+    """
+    from cellxgene_ontology_guide.curated_ontology_term_lists import (
+        get_curated_ontology_term_list,
+    )
+    from cellxgene_ontology_guide.entities import CuratedOntologyTermList
+
+    ontology = parser()
+    curated = sorted(
+        set(get_curated_ontology_term_list(CuratedOntologyTermList.CELL_CLASS))
+        | set(get_curated_ontology_term_list(CuratedOntologyTermList.CELL_SUBCLASS))
+    )
+
+    def parent_term(term: str) -> str | None:
+        above = [t for t in ontology.get_high_level_terms(term, curated) if t != term]
+        if not above:
+            return None
+        distance = ontology.get_term_ancestors_with_distances(term)
+        return min(above, key=lambda t: (distance[t], t))
+
+    parents: dict[str, str] = {}
+    node_ids: dict[str, str] = {}
+    for label, term in ids.items():
+        child, current = str(label), term
+        while current != UNKNOWN and child not in parents:
+            up = parent_term(current)
+            if up is None:
+                break
+            name = ontology.get_term_label(up)
+            parents[child] = name
+            node_ids.setdefault(name, up)
+            child, current = name, up
+    return parents, node_ids
+
+
 def _common_ancestor(ontology: Any, terms: list[str]) -> str:
     """The deepest CL term that every one of ``terms`` is (a subtype of)."""
     if not terms or UNKNOWN in terms:

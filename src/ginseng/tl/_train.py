@@ -35,7 +35,7 @@ def train(
     n_top_genes: int | None = DEFAULT_N_TOP_GENES,
     query_genes: Sequence[str] | np.ndarray | None = None,
     group_key: str | None = None,
-    hierarchy: Sequence[str] | Mapping[str, str] | None = None,
+    hierarchy: Sequence[str] | Mapping[str, str] | str | None = None,
     ontology_key: str | None = None,
     epochs: int = 10,
     store: str | os.PathLike | None = None,
@@ -97,7 +97,10 @@ def train(
         cell of a label must have the same value in each of them; or a
         ``{child: parent}`` mapping of label names (e.g. ``{"CD4 T": "T cell",
         "T cell": "Lymphoid"}``), whose levels are named ``level_0`` (the roots)
-        onwards. The network trains on ``label_key`` alone. Refused, before training,
+        onwards; or ``"ontology"``, the tree of the labels' Cell Ontology terms
+        through CELLxGENE's curated cell classes and subclasses (needs
+        ``ontology_key``; see :class:`~ginseng.model.ontology.OntologyIds`). The
+        network trains on ``label_key`` alone. Refused, before training,
         with an :class:`~ginseng.InputError` naming the label and levels when a node
         would have two parents.
     ontology_key
@@ -182,8 +185,13 @@ def train(
     chosen = training_genes(
         adata, genes, n_top_genes=n_top_genes, query_genes=query_genes, layer=layer
     )
-    tree = None if hierarchy is None else _hierarchy(adata, hierarchy, label_key)
-    ids = None if ontology_key is None else _ontology(adata, ontology_key, label_key, tree)
+    tree: Hierarchy | None
+    ids: OntologyIds | None
+    if isinstance(hierarchy, str) and hierarchy == "ontology":
+        tree, ids = _ontology_tree(adata, ontology_key, label_key)
+    else:
+        tree = None if hierarchy is None else _hierarchy(adata, hierarchy, label_key)
+        ids = None if ontology_key is None else _ontology(adata, ontology_key, label_key, tree)
 
     with (
         timed(f"training a ginseng classifier on obs[{label_key!r}]"),
@@ -232,6 +240,32 @@ def _ontology(adata: AnnData, ontology_key: str, label_key: str, tree: Any) -> O
         raise InputError(f"label_key={label_key!r} is not a column of adata.obs.")
     labels = adata.obs[label_key].dropna().astype(str).unique()
     return label_ids(adata.obs, ontology_key, label_key, labels, hierarchy=tree)
+
+
+def _ontology_tree(
+    adata: AnnData, ontology_key: str | None, label_key: str
+) -> tuple[Hierarchy, OntologyIds]:
+    """``hierarchy="ontology"``: the labels' tree from their Cell Ontology terms."""
+    from dataclasses import replace
+
+    from ..model.hierarchy import Hierarchy
+    from ..model.ontology import ontology_parents
+
+    if ontology_key is None:
+        raise InputError(
+            'hierarchy="ontology" derives the levels from the labels\' Cell Ontology ids: '
+            "give ontology_key= too (e.g. 'cell_type_ontology_term_id')."
+        )
+    ids = _ontology(adata, ontology_key, label_key, None)
+    parents, node_ids = ontology_parents(ids.ids)
+    if not parents:
+        raise InputError(
+            f"None of the Cell Ontology terms in obs[{ontology_key!r}] has a curated cell "
+            'class or subclass above it, so hierarchy="ontology" has no levels to build.'
+        )
+    labels = list(ids.ids)
+    tree = Hierarchy.from_mapping(parents, labels, label_key)
+    return tree, replace(ids, ids={**node_ids, **ids.ids})
 
 
 def _record(
