@@ -17,6 +17,7 @@ from ginseng import InputError
 from ginseng.data import GinsengDataset
 from ginseng.model import GinsengModelState
 from ginseng.model.network import MIN_GENE_STD
+from ginseng.model.uncertainty import fit_uncertainty
 from ginseng.train import GinsengClassifierTrainer, GinsengClassifierTrainerSettings
 
 QUICK = {"hidden_dim": 16, "batch_size": 16, "upper": 5, "lr": 3e-3, "min_steps": 100}
@@ -134,6 +135,23 @@ def test_best_epoch_weights_are_the_ones_returned(tmp_path, make_toy):
     assert state.metrics["nll_uncalibrated"] == pytest.approx(loss, rel=1e-4)
     # the returned Flax module holds the same (best) weights as the state
     np.testing.assert_allclose(np.asarray(model(jnp.asarray(counts))), logits, atol=1e-4)
+    # The novelty statistics and conformal scores were fitted (in the trainer's padded,
+    # fixed-shape evaluation pass) on the best weights' features of every training and
+    # holdout cell and no padding row: refit them from the state's own predictions.
+    expected = fit_uncertainty(
+        _features(state, ds, "train")[::2], _features(state, ds, "test"), 3, state.temperature
+    )
+    for name, value in expected.arrays().items():
+        got = getattr(state.uncertainty, name)
+        assert got.shape == value.shape, name
+        np.testing.assert_allclose(got, value, rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def _features(state, ds, split):
+    """Hidden layer, logits and labels of a split's cells, from one unpadded prediction."""
+    xs, ys = zip(*ds.stream(100, split, shuffle=False, drop_last=False), strict=True)
+    hidden, logits = state.predict_hidden_logits(np.concatenate(xs))
+    return hidden, logits, np.concatenate(ys).astype(np.int64)
 
 
 @pytest.mark.parametrize("normalize", [True, False])

@@ -1,7 +1,8 @@
 """The pieces of the training loop, shaped as in flax's examples.
 
 - :func:`compile_steps`: the jitted ``train_step`` (one optimiser step on one batch)
-  and ``eval_step`` (logits of one batch), over the split model state;
+  and ``eval_step`` (last hidden layer and logits of one batch), over the split model
+  state;
 - :func:`train_epoch`: one pass of ``train_step`` over a stream of batches;
 - :func:`evaluate`: the holdout logits and labels;
 - :func:`keep_best`: the epoch with the lowest holdout loss so far;
@@ -10,6 +11,12 @@
 The model is split once (``nnx.split(model, nnx.Param, ...)``) into its graph, its
 trained parameters and the rest (the fixed per-gene preprocessing); the steps are pure
 functions of those, so jax traces each once.
+
+On a small reference the XLA compilations, not the steps, are most of a default run's
+cost (~0.03-0.3 s each on CPU), so nothing here runs an eager ``jnp`` operation
+(each compiles a kernel per shape): the kept weights are copied to the host, and the
+holdout pass and the reference pass of the uncertainty share one compiled
+``eval_step`` shape (:data:`EVAL_BATCH` rows).
 """
 
 from __future__ import annotations
@@ -21,7 +28,6 @@ from functools import partial
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
@@ -61,7 +67,7 @@ class Steps(NamedTuple):
     """The jitted step functions of one model graph and optimiser."""
 
     train_step: Callable[..., tuple[Any, optax.OptState, jax.Array]]
-    eval_step: Callable[[Any, Any, np.ndarray], jax.Array]
+    eval_step: Callable[[Any, Any, np.ndarray], tuple[jax.Array, jax.Array]]
 
 
 class Holdout(NamedTuple):
@@ -88,7 +94,8 @@ def compile_steps(graphdef: Any, tx: optax.GradientTransformation, augment: Augm
 
     ``train_step(params, opt_state, rest, x, y, base_key, step)`` augments the batch,
     applies dropout and takes one optimiser step, returning ``(params, opt_state,
-    loss)``; ``eval_step(params, rest, x)`` returns logits in evaluation mode.
+    loss)``; ``eval_step(params, rest, x)`` returns the last hidden layer's output and
+    the logits in evaluation mode (the hidden layer feeds the novelty statistics).
 
     Jitting pure functions with the graph definition closed over avoids ``nnx.jit``'s
     per-call graph traversal; batch shapes are fixed, so each compiles once. The
@@ -128,8 +135,11 @@ def compile_steps(graphdef: Any, tx: optax.GradientTransformation, augment: Augm
         return optax.apply_updates(params, updates), opt_state, loss
 
     @jax.jit
-    def eval_step(params: Any, rest: Any, x: jax.Array) -> jax.Array:
-        return nnx.merge(graphdef, params, rest)(x)
+    def eval_step(params: Any, rest: Any, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        # As GinsengModelState's compiled forward: model(x) with the hidden layer kept.
+        model = nnx.merge(graphdef, params, rest)
+        hidden = model.hidden_from_first_linear(model.blocks[0].linear(model.preprocess(x)))
+        return hidden, model.head(hidden)
 
     return Steps(train_step, eval_step)
 
@@ -165,7 +175,7 @@ def train_epoch(
 
 
 def evaluate(
-    eval_step: Callable[[Any, Any, np.ndarray], jax.Array],
+    eval_step: Callable[[Any, Any, np.ndarray], tuple[jax.Array, jax.Array]],
     state: TrainState,
     batches: Batches,
     label_names: np.ndarray,
@@ -173,10 +183,7 @@ def evaluate(
     """Logits of every holdout batch (padded to :data:`EVAL_BATCH` rows) and their metrics."""
     logits, labels = [], []
     for x, y in batches:
-        m = len(y)
-        if m < EVAL_BATCH:
-            x = np.concatenate([x, np.zeros((EVAL_BATCH - m, x.shape[1]), x.dtype)])
-        logits.append(np.asarray(eval_step(state.params, state.rest, x))[:m])
+        logits.append(np.asarray(eval_step(state.params, state.rest, pad_rows(x))[1])[: len(y)])
         labels.append(y)
     if not logits:
         return Holdout(np.zeros((0, len(label_names)), np.float32), np.zeros(0, np.int32), {})
@@ -186,13 +193,25 @@ def evaluate(
     )
 
 
+def pad_rows(x: np.ndarray, rows: int = EVAL_BATCH) -> np.ndarray:
+    """``x`` with zero rows appended up to ``rows``, so every call has one shape (one compile)."""
+    if len(x) >= rows:
+        return x
+    return np.concatenate([x, np.zeros((rows - len(x), *x.shape[1:]), x.dtype)])
+
+
+def host_copy(tree: Any) -> Any:
+    """A numpy copy of every array of ``tree``: no XLA kernel to compile (``jnp.copy`` is one per shape)."""
+    return jax.tree.map(np.array, tree)
+
+
 def calibrate(holdout: Holdout, label_names: np.ndarray) -> dict[str, Any]:
     """Fit the temperature on the holdout logits; the metrics before and after it."""
     return calibration_report(holdout.logits, holdout.labels, label_names)
 
 
 class Best(NamedTuple):
-    """The epoch with the lowest holdout loss so far, with a copy of its parameters."""
+    """The epoch with the lowest holdout loss so far, with a host (numpy) copy of its parameters."""
 
     loss: float
     epoch: int
@@ -203,10 +222,10 @@ class Best(NamedTuple):
 def keep_best(best: Best, epoch: int, params: Any, holdout: Holdout) -> Best:
     """``best``, or this epoch if its holdout loss is lower (or there is no holdout)."""
     if len(holdout.labels) == 0:
-        return Best(np.inf, epoch, jax.tree.map(jnp.copy, params), holdout)
+        return Best(np.inf, epoch, host_copy(params), holdout)
     if holdout.loss < best.loss:
         # A copy: the training step reuses (donates) the buffers of params.
-        return Best(holdout.loss, epoch, jax.tree.map(jnp.copy, params), holdout)
+        return Best(holdout.loss, epoch, host_copy(params), holdout)
     return best
 
 

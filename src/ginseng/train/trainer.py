@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
@@ -34,6 +33,7 @@ from ._loop import (
     compile_steps,
     evaluate,
     history_row,
+    host_copy,
     keep_best,
     log_epoch,
     split_params,
@@ -205,10 +205,19 @@ class GinsengClassifierTrainer:
         tx = self._optimizer(schedule)
         graphdef, params, rest = split_params(model)
         steps = compile_steps(graphdef, tx, Augmentation.from_settings(self.settings))
+        eval_step = steps.eval_step
         steps = steps._replace(train_step=plan.devices.step(steps.train_step))
-        state = TrainState(*plan.devices.replicate((params, tx.init(params), rest)))
+        # One compiled init, not one eager zeros kernel per parameter shape.
+        opt_state = jax.jit(tx.init)(params)
+        state = TrainState(*plan.devices.replicate((params, opt_state, rest)))
         state, best = self._train(steps, state, schedule, plan, stream_seeds, progress)
-        return self._result(nnx.merge(graphdef, best.params, rest), best, plan, state, started)
+        best_params = jax.device_put(best.params)
+
+        def features(x: np.ndarray) -> tuple[jax.Array, jax.Array]:
+            return eval_step(best_params, rest, x)
+
+        model = nnx.merge(graphdef, best_params, rest)
+        return self._result(model, best, plan, state, started, features)
 
     def _train(
         self,
@@ -224,7 +233,9 @@ class GinsengClassifierTrainer:
         dp = plan.devices
         key = dp.replicate(jax.random.key(self.settings.seed))
         self.history = {column: [] for column in HISTORY_COLUMNS}
-        best = Best(np.inf, 0, jax.tree.map(jnp.copy, dp.local(state.params)), None)
+        best = Best(np.inf, 0, host_copy(dp.local(state.params)), None)
+        # Jitted: evaluated eagerly, the schedule compiles ~12 small kernels (~0.4 s).
+        lr_at = jax.jit(schedule)
         epochs = range(1, len(stream_seeds) + 1)
         bar = progress_bar(epochs, desc="training", unit="epoch") if progress else None
         for epoch in epochs if bar is None else bar:
@@ -235,7 +246,7 @@ class GinsengClassifierTrainer:
             local = state._replace(params=dp.local(state.params), rest=dp.local(state.rest))
             holdout = evaluate(steps.eval_step, local, self._holdout_batches(), label_names)
             best = keep_best(best, epoch, local.params, holdout)
-            row = history_row(epoch, train_loss, holdout, float(schedule(max(state.step - 1, 0))))
+            row = history_row(epoch, train_loss, holdout, float(lr_at(max(state.step - 1, 0))))
             row["seconds"] = time.perf_counter() - t0
             for column, value in row.items():
                 self.history[column].append(value)
@@ -243,9 +254,20 @@ class GinsengClassifierTrainer:
         return state, best
 
     def _result(
-        self, model: GinsengClassifier, best: Best, plan: _Plan, state: TrainState, started: float
+        self,
+        model: GinsengClassifier,
+        best: Best,
+        plan: _Plan,
+        state: TrainState,
+        started: float,
+        features: Callable[[np.ndarray], tuple[Any, Any]],
     ) -> FitResult:
-        """Calibrate on the kept epoch's holdout logits; the model and its state."""
+        """Calibrate on the kept epoch's holdout logits; the model and its state.
+
+        ``features`` maps :data:`EVAL_BATCH` rows of counts to the kept model's last
+        hidden layer and logits (the training's compiled ``eval_step``), for the
+        uncertainty statistics.
+        """
         if best.holdout is None:
             raise InputError(
                 f"Training diverged: the holdout loss was NaN in every one of the "
@@ -271,7 +293,9 @@ class GinsengClassifierTrainer:
             provenance=self._provenance(plan, state.step, started),
         )
         # Hook (issue 15): novelty statistics and conformal scores, on the same holdout.
-        model_state.uncertainty = fit_reference_uncertainty(model_state, self.dataset)
+        model_state.uncertainty = fit_reference_uncertainty(
+            model_state, self.dataset, features=features
+        )
         return FitResult(model, model_state)
 
     # ------------------------------------------------------------------ pieces
@@ -329,8 +353,9 @@ class GinsengClassifierTrainer:
         model = GinsengClassifier(config, rngs=nnx.Rngs(s.seed))
         # Fitted with or without standardisation: they impute a query's missing genes.
         mean, scale = gene_statistics(self._statistics_sample(batch, stats_seed), config)
-        model.gene_mean[...] = jnp.asarray(mean)
-        model.gene_scale[...] = jnp.asarray(scale)
+        # device_put: ``jnp.asarray`` would compile a kernel for the shape.
+        model.gene_mean.set_value(jax.device_put(np.asarray(mean, np.float32)))
+        model.gene_scale.set_value(jax.device_put(np.asarray(scale, np.float32)))
         return model
 
     def _statistics_sample(self, batch: int, seed: int) -> Iterator[np.ndarray]:

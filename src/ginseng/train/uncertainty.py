@@ -7,33 +7,42 @@ holdout (random cells, or whole held-out groups) the temperature was fitted on; 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..model.uncertainty import REFERENCE_CELLS, Uncertainty, fit_uncertainty
+from ._loop import EVAL_BATCH, pad_rows
 
 if TYPE_CHECKING:
     from ..data.dataset import GinsengDataset
     from ..model.state import GinsengModelState
 
-# Rows per read of the reference passes.
-_BATCH = 1024
+# Rows per read of the reference passes, and per compiled forward call: the rows are
+# padded to it, so that one compiled shape serves every batch, the training pass's and
+# the holdout pass's (and the trainer's holdout evaluation, which pads to the same).
+_BATCH = EVAL_BATCH
+
+Features = Callable[[np.ndarray], tuple[Any, Any]]
 
 
 def _features(
-    state: GinsengModelState, batches: Iterator[tuple[np.ndarray, np.ndarray]], limit: int
+    state: GinsengModelState,
+    batches: Iterator[tuple[np.ndarray, np.ndarray]],
+    limit: int,
+    features: Features,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Hidden features, logits and labels of up to ``limit`` cells of ``batches``."""
     hidden, logits, labels = [], [], []
     seen = 0
     for x, y in batches:
-        h, z = state.predict_hidden_logits(x[: limit - seen])
-        hidden.append(h)
-        logits.append(z)
-        labels.append(np.asarray(y[: limit - seen]))
-        seen += len(h)
+        m = min(len(y), limit - seen)
+        h, z = features(pad_rows(np.asarray(x[:m], np.float32), _BATCH))
+        hidden.append(np.asarray(h)[:m])
+        logits.append(np.asarray(z)[:m])
+        labels.append(np.asarray(y[:m]))
+        seen += m
         if seen >= limit:
             break
     width = int(state.config["hidden_dim"])
@@ -43,15 +52,28 @@ def _features(
     return np.concatenate(hidden), np.concatenate(logits), np.concatenate(labels).astype(np.int64)
 
 
-def fit_reference_uncertainty(state: GinsengModelState, dataset: GinsengDataset) -> Uncertainty:
+def fit_reference_uncertainty(
+    state: GinsengModelState, dataset: GinsengDataset, *, features: Features | None = None
+) -> Uncertainty:
     """Novelty statistics from training cells, reference quantiles and conformal scores from the holdout.
 
     Reads up to :data:`~ginseng.model.uncertainty.REFERENCE_CELLS` training cells (in
     store order, which is shuffled) and every holdout cell once, in evaluation mode.
+    ``features`` maps a batch of raw counts (``_BATCH`` rows, zero-padded) to the
+    model's last hidden layer and logits; by default
+    :meth:`~ginseng.model.GinsengModelState.predict_hidden_logits` (the trainer passes
+    its own compiled evaluation step, which computes the same).
     """
+    if features is None:
+
+        def features(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            return state.predict_hidden_logits(x, batch_size=_BATCH)
+
     stream = dataset.stream
     train = _features(
-        state, stream(_BATCH, "train", shuffle=False, drop_last=False), REFERENCE_CELLS
+        state, stream(_BATCH, "train", shuffle=False, drop_last=False), REFERENCE_CELLS, features
     )
-    holdout = _features(state, stream(_BATCH, "test", shuffle=False, drop_last=False), 2**62)
+    holdout = _features(
+        state, stream(_BATCH, "test", shuffle=False, drop_last=False), 2**62, features
+    )
     return fit_uncertainty((train[0], train[2]), holdout, state.n_labels, float(state.temperature))
