@@ -108,6 +108,10 @@ class GinsengDataset:
         adata
             An AnnData (in memory or backed), or a path/URL read with
             :func:`ginseng.data.io.read_adata` (``.h5ad`` files are read backed).
+            An ``.h5ad`` path is the leanest input for large data: only the
+            ``label_key`` and ``group_key`` columns, ``var`` and the counts are read,
+            never the cell names that a backed AnnData holds in memory (about 100 bytes
+            per cell), so memory grows by about 30 bytes per cell.
         label_key
             Column of ``adata.obs`` with the cell-type labels: no missing or empty value,
             at least two labels. A label with a single cell is named in a
