@@ -25,6 +25,21 @@ epochs after the first (which compiles), from the trainer's per-epoch seconds (a
 training pass plus the holdout evaluation)::
 
     python benchmarks/bench_scaleout.py --parts training --dp-cells 50000 --genes 2000
+
+Memory per cell (``--parts memory``): for each ``--memory-cells`` size, a synthetic
+reference and query (``--memory-genes`` genes, ``mean_umis=70``: about 5% of the
+genes are non-zero in a cell) are written chunk by chunk
+(``gs.datasets.write_synthetic_h5ad``); then, each in a fresh child process so that its
+peak RSS (VmHWM) is its own: the reference becomes a store
+(``GinsengDataset.create(store, path, "cell_type", group_key="batch")``), the store is
+streamed for one shuffled epoch (``ds.stream(batch_size=256)``), and the query is
+annotated in its file (``gs.tl.classify(path, model, write=True)``, the model trained
+on 20,000 independent cells). The slope between consecutive sizes is the peak RSS's
+growth in bytes per cell. Files go to ``--workdir`` and are deleted after each size
+(``--keep`` keeps them)::
+
+    python benchmarks/bench_scaleout.py --parts memory --memory-cells 100000 400000 1000000
+    python benchmarks/bench_scaleout.py --parts memory --memory-cells 10000000
 """
 
 from __future__ import annotations
@@ -50,6 +65,8 @@ from pathlib import Path  # noqa: E402
 CACHE = Path(__file__).parent / ".cache"
 RESULTS = Path(__file__).parent / "results" / "scaleout.md"
 RESULTS_TRAINING = Path(__file__).parent / "results" / "scaleout_training.md"
+RESULTS_MEMORY = Path(__file__).parent / "results" / "scaleout_memory.md"
+MEMORY_UMIS = 70.0  # about 5% non-zero genes per cell at 1k-2k genes
 
 
 def _model(genes: int, train_cells: int, epochs: int) -> Path:
@@ -168,6 +185,142 @@ def _training(args: argparse.Namespace) -> None:
     print("\n".join(lines))
 
 
+def _vmhwm_mb() -> float:
+    """Peak RSS of this process image (VmHWM is reset by exec, unlike ru_maxrss)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
+
+
+def _memory_child(step: str, *paths: str) -> dict:
+    """One step of ``--parts memory``, alone in this process; returns wall s and peak."""
+    import ginseng as gs
+
+    gs.settings.progress_bar = False
+    start = time.perf_counter()
+    if step == "generate":  # OUT CELLS GENES NOISE_SEED SORTED
+        out, cells, genes, noise_seed, sort = paths
+        gs.datasets.write_synthetic_h5ad(
+            out,
+            int(cells),
+            int(genes),
+            mean_umis=MEMORY_UMIS,
+            seed=0,
+            noise_seed=int(noise_seed),
+            sorted_by_label=sort == "sorted",
+        )
+    elif step == "model":  # OUT GENES
+        from ginseng.data.io import save_model
+
+        out, genes = paths
+        reference = gs.datasets.synthetic_counts(
+            20_000, int(genes), mean_umis=MEMORY_UMIS, seed=0, noise_seed=3, sorted_by_label=False
+        )
+        save_model(gs.tl.train(reference, "cell_type", epochs=2, seed=0), out)
+    elif step == "create":  # STORE H5AD
+        from ginseng.data import GinsengDataset
+
+        store, h5ad = paths
+        GinsengDataset.create(store, h5ad, "cell_type", group_key="batch", overwrite=True)
+    elif step == "stream":  # STORE
+        from ginseng.data import GinsengDataset
+
+        n = 0
+        for _, y in GinsengDataset(paths[0]).stream(batch_size=256, split="all", seed=0):
+            n += y.size
+    elif step == "classify":  # H5AD MODEL
+        h5ad, model = paths
+        out = gs.tl.classify(h5ad, model, write=True)
+        out.file.close()
+    else:
+        raise ValueError(step)
+    return {"step": step, "wall_s": time.perf_counter() - start, "peak_rss_mb": _vmhwm_mb()}
+
+
+def _run_memory_child(*args: str) -> dict:
+    command = [sys.executable, __file__, "--memory-child", *args]
+    out = subprocess.run(command, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _memory(args: argparse.Namespace) -> None:
+    import shutil
+
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    model = work / f"memory_model_{args.memory_genes}g.h5"
+    if not model.exists():
+        _run_memory_child("model", str(model), str(args.memory_genes))
+    load_before = os.getloadavg()
+    rows: list[dict] = []
+    for cells in args.memory_cells:
+        reference = work / f"memory_reference_{cells}.h5ad"
+        query = work / f"memory_query_{cells}.h5ad"
+        store = work / f"memory_store_{cells}.zarr"
+        steps = [
+            ("generate reference", ("generate", reference, cells, args.memory_genes, 1, "sorted")),
+            ("generate query", ("generate", query, cells, args.memory_genes, 2, "unsorted")),
+            ("create store", ("create", store, reference)),
+            ("stream 1 epoch", ("stream", store)),
+            ("classify, write=True", ("classify", query, model)),
+        ]
+        try:
+            for name, child in steps:
+                if args.memory_steps and child[0] not in args.memory_steps:
+                    continue
+                result = _run_memory_child(*map(str, child))
+                row = result | {"cells": cells, "step": name}
+                if name == "create store":
+                    row["file_mb"] = (
+                        sum(p.stat().st_size for p in store.rglob("*") if p.is_file()) / 2**20
+                    )
+                elif name.startswith("generate"):
+                    row["file_mb"] = Path(child[1]).stat().st_size / 2**20
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+        finally:
+            if not args.keep:
+                shutil.rmtree(store, ignore_errors=True)
+                reference.unlink(missing_ok=True)
+                query.unlink(missing_ok=True)
+    load_after = os.getloadavg()
+
+    command = "python benchmarks/bench_scaleout.py " + " ".join(sys.argv[1:])
+    lines = [
+        f"### Memory per cell ({datetime.now(UTC):%Y-%m-%d}, `{command}`)",
+        "",
+        f"Synthetic reference and query, {args.memory_genes:,} genes, mean {MEMORY_UMIS:.0f} "
+        "counts per cell (about 5% of genes non-zero), written chunk by chunk. Each step "
+        "in a fresh process; peak RSS is its VmHWM (interpreter, imports and JAX "
+        "included). Slope: growth of the peak RSS per added cell from the previous size. "
+        f"{os.cpu_count()} CPUs, shared with other jobs: load average (1/5/15 min) "
+        f"{'/'.join(f'{x:.1f}' for x in load_before)} before, "
+        f"{'/'.join(f'{x:.1f}' for x in load_after)} after.",
+        "",
+        "| cells | step | wall s | cells/s | peak RSS MB | slope bytes/cell | file MB |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    previous: dict[str, dict] = {}
+    for row in rows:
+        before = previous.get(row["step"])
+        slope = (
+            f"{(row['peak_rss_mb'] - before['peak_rss_mb']) * 2**20 / (row['cells'] - before['cells']):.0f}"
+            if before and row["cells"] != before["cells"]
+            else ""
+        )
+        file_mb = f"{row['file_mb']:,.0f}" if "file_mb" in row else ""
+        lines.append(
+            f"| {row['cells']:,} | {row['step']} | {row['wall_s']:.1f} | "
+            f"{row['cells'] / row['wall_s']:,.0f} | {row['peak_rss_mb']:,.0f} | {slope} | "
+            f"{file_mb} |"
+        )
+        previous[row["step"]] = row
+    with open(RESULTS_MEMORY, "a") as fh:
+        fh.write("\n".join(lines) + "\n\n")
+    print("\n".join(lines))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cells", type=int, default=200_000)
@@ -182,11 +335,29 @@ def main() -> None:
     parser.add_argument("--dp-cells", type=int, default=50_000)
     parser.add_argument("--dp-batch", type=int, default=512)
     parser.add_argument("--dp-epochs", type=int, default=3)
+    parser.add_argument(
+        "--memory-cells", type=int, nargs="+", default=[100_000, 400_000, 1_000_000]
+    )
+    parser.add_argument("--memory-genes", type=int, default=1_000)
+    parser.add_argument("--workdir", default=str(CACHE / "memory"))
+    parser.add_argument("--keep", action="store_true", help="keep the memory part's files")
+    parser.add_argument(
+        "--memory-steps",
+        nargs="+",
+        choices=["generate", "create", "stream", "classify"],
+        help="run only these steps of --parts memory (their inputs must exist; see --keep)",
+    )
     parser.add_argument("--train-child", metavar="STORE", help=argparse.SUPPRESS)
+    parser.add_argument("--memory-child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.train_child:
         _train_child(args.train_child, args.dp_batch, args.dp_epochs)
         return
+    if args.memory_child:
+        print(json.dumps(_memory_child(*args.memory_child)))
+        return
+    if "memory" in args.parts:
+        _memory(args)
     if "training" in args.parts:
         _training(args)
     if "annotation" not in args.parts:

@@ -279,6 +279,59 @@ def test_write_into_file(toy_trained, query, tmp_path, fmt):
     assert back.uns["ginseng"]["classify"]["params"]["key_added"] == "ginseng"
 
 
+@pytest.mark.parametrize("fmt", ["h5ad", "zarr"])
+def test_write_from_path_leaves_the_file_as_a_whole_obs_rewrite(toy_trained, query, tmp_path, fmt):
+    """A path's obs gets only its columns rewritten, yet ends as a whole rewrite leaves it.
+
+    Two rounds, so that columns of the first round are replaced and the prediction-set
+    columns it added are removed by the second; the reference is the same rounds on an
+    in-memory copy (what the file must hold) and, for .h5ad, on a backed AnnData, whose
+    obs is written whole, names included.
+    """
+    state = toy_trained.state
+    assert state.uncertainty is not None  # the toy model carries reference statistics
+    query.obs["note"] = pd.Categorical(["a", "b", "c"] * 100)  # a user column, kept
+    rounds = [
+        {"prediction_sets": 0.1, "unassigned_threshold": 0.5},
+        {"majority_vote_key": "batch"},
+    ]
+    path = tmp_path / f"q.{fmt}"
+    getattr(query, f"write_{fmt}")(path)
+    in_memory = query.copy()
+    for options in rounds:
+        returned = gs.tl.classify(path, state, write=True, **options)
+        if fmt == "h5ad":
+            returned.file.close()
+        gs.tl.classify(in_memory, state, **options)
+    back = ad.read_h5ad(path) if fmt == "h5ad" else ad.read_zarr(path)
+    assert "ginseng_prediction_set" not in back.obs and "ginseng_majority_vote" in back.obs
+    pd.testing.assert_frame_equal(back.obs, in_memory.obs)
+    assert back.obs_names.equals(query.obs_names)
+    np.testing.assert_array_equal(
+        back.obsm["ginseng_probabilities"], in_memory.obsm["ginseng_probabilities"]
+    )
+    # nothing of the first round lingers in the file, not even unlisted
+    if fmt == "h5ad":
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            stored = set(f["obs"].keys()) - {f["obs"].attrs["_index"]}
+    else:
+        import zarr
+
+        group = zarr.open_group(path, mode="r")["obs"]
+        stored = set(group.keys()) - {group.attrs["_index"]}
+    assert stored == set(in_memory.obs.columns)
+    if fmt == "h5ad":
+        whole = tmp_path / "whole.h5ad"
+        query.write_h5ad(whole)
+        for options in rounds:
+            backed = ad.read_h5ad(whole, backed="r+")
+            gs.tl.classify(backed, state, write=True, **options)
+            backed.file.close()
+        pd.testing.assert_frame_equal(back.obs, ad.read_h5ad(whole).obs)
+
+
 def test_backed_write_needs_r_plus(toy_trained, query, tmp_path):
     query.write_h5ad(tmp_path / "q.h5ad")
     backed = ad.read_h5ad(tmp_path / "q.h5ad", backed="r")

@@ -104,6 +104,72 @@ def test_round_trip_from_h5ad_path_backed_x(tmp_path):
     assert_same_counts(ds, adata.X.toarray())
 
 
+def _store_contents(ds: GinsengDataset) -> dict:
+    X, y = read_all(ds)
+    attrs = {k: v for k, v in ds.attrs.items() if k not in ("created", "source")}
+    groups = ds.groups if ds.has_groups else None
+    return {"X": X, "y": y, "cell_index": ds.cell_index, "groups": groups, "attrs": attrs}
+
+
+@pytest.mark.parametrize("layout", ["csr X", "dense X, string labels", "csr layer, genes"])
+def test_store_from_h5ad_path_equals_store_from_anndata(tmp_path, layout):
+    """A path is read without anndata's obs (names), yet gives the very same store."""
+    adata = make_counts(n_cells=700, seed=3)
+    kwargs: dict = {"group_key": "batch", "chunk_size": 128, "seed": 5}
+    if layout == "dense X, string labels":
+        adata.X = adata.X.toarray()
+        adata.obs["cell_type"] = adata.obs["cell_type"].astype(str)  # not categorical
+    elif layout == "csr layer, genes":
+        adata.layers["counts"] = adata.X.copy()
+        adata.X = sp.csr_matrix(np.log1p(adata.X.toarray()))
+        kwargs |= {"layer": "counts", "genes": "hvg"}
+    path = tmp_path / "in.h5ad"
+    adata.write_h5ad(path)
+    from_path = GinsengDataset.create(tmp_path / "a.zarr", path, "cell_type", **kwargs)
+    in_memory = GinsengDataset.create(tmp_path / "b.zarr", adata, "cell_type", **kwargs)
+    a, b = _store_contents(from_path), _store_contents(in_memory)
+    for key in ("X", "y", "cell_index", "groups"):
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    assert a["attrs"] == b["attrs"]
+    assert from_path.attrs["source"] == str(path)
+    # and against the source itself: counts, labels and groups follow their cells
+    counts = (adata.layers["counts"] if "layer" in kwargs else adata.X)[from_path.cell_index]
+    gene_idx = np.flatnonzero(adata.var["hvg"]) if "genes" in kwargs else slice(None)
+    counts = counts.toarray() if sp.issparse(counts) else counts
+    np.testing.assert_array_equal(a["X"], counts[:, gene_idx])
+    np.testing.assert_array_equal(
+        from_path.label_names[a["y"]],
+        adata.obs["cell_type"].astype(str).to_numpy()[from_path.cell_index],
+    )
+    np.testing.assert_array_equal(
+        from_path.group_names[a["groups"]],
+        adata.obs["batch"].astype(str).to_numpy()[from_path.cell_index],
+    )
+
+
+def test_h5ad_path_refusals_name_the_column(tmp_path):
+    adata = make_counts(n_cells=60)
+    labels = adata.obs["cell_type"].astype(object)
+    labels.iloc[[3, 5]] = np.nan
+    adata.obs["with_nan"] = labels
+    path = tmp_path / "in.h5ad"
+    adata.write_h5ad(path)
+    with pytest.raises(InputError, match=r"label_key='celltype'.*'cell_type', 'batch'"):
+        GinsengDataset.create(tmp_path / "s.zarr", path, "celltype")
+    with pytest.raises(InputError, match="group_key='donor'"):
+        GinsengDataset.create(tmp_path / "s.zarr", path, "cell_type", group_key="donor")
+    with pytest.raises(InputError, match=r"adata.obs\['with_nan'\] has 2 missing"):
+        GinsengDataset.create(tmp_path / "s.zarr", path, "with_nan")
+    with pytest.raises(InputError, match="Layer 'counts' not found"):
+        GinsengDataset.create(tmp_path / "s.zarr", path, "cell_type", layer="counts")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.h5ad"]
+    # the file is closed again: it can be opened for writing
+    import h5py
+
+    with h5py.File(path, "r+"):
+        pass
+
+
 def test_gene_list_is_stored_in_source_order(tmp_path):
     adata = make_counts(n_cells=200)
     ds = GinsengDataset.create(

@@ -62,7 +62,12 @@ def test_synthetic_writer_matches_in_memory(tmp_path):
     other = gs.datasets.write_synthetic_h5ad(
         tmp_path / "t.h5ad", 5000, 300, chunk_size=777, **kwargs
     )
-    assert (ad.read_h5ad(other).X != X).nnz == 0
+    other_adata = ad.read_h5ad(other)
+    assert (other_adata.X != X).nnz == 0
+    # obs is written a chunk of names at a time: the names run on across the chunks
+    pd.testing.assert_frame_equal(other_adata.obs, on_disk.obs)
+    names = [f"cell_{i}" for i in (0, 776, 777, 2999, 3000, 4999)]
+    assert on_disk.obs_names[[0, 776, 777, 2999, 3000, 4999]].tolist() == names
     backed = ad.read_h5ad(path, backed="r")
     assert backed.X[4990:].toarray().sum() == X[4990:].sum()
     backed.file.close()

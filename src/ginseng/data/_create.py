@@ -133,7 +133,17 @@ def _write_counts(
         compressors=_compressors(np.dtype(np.int32)),
     )
     data, indices = FlatArrayWriter(data), FlatArrayWriter(indices)
-    indptr = np.zeros(n_cells + 1, dtype=np.int64)
+    # X/indptr is appended shard by shard too: no array of one int64 per cell.
+    indptr = FlatArrayWriter(
+        group.create_array(
+            "X/indptr",
+            shape=(n_cells + 1,),
+            chunks=(VALUES_PER_CHUNK,),
+            dtype=np.int64,
+            compressors=_compressors(np.dtype(np.int64)),
+        )
+    )
+    indptr.append(np.zeros(1, np.int64))
     offset = 0
     for shard in progress(range(shards.n_shards), desc="writing store", unit=" shards"):
         dest, block = shards.read(shard, n_genes)
@@ -145,18 +155,13 @@ def _write_counts(
                 f"Internal error: shard {shard} of the external shuffle is incomplete."
             )
         block = block[order]
-        indptr[start + 1 : start + 1 + block.shape[0]] = offset + block.indptr[1:]
+        indptr.append(offset + block.indptr[1:])
         data.append(block.data)
         indices.append(block.indices)
         offset += block.nnz
     data.close()
     indices.close()
-    group.create_array(
-        "X/indptr",
-        data=indptr,
-        chunks=(VALUES_PER_CHUNK,),
-        compressors=_compressors(np.dtype(np.int64)),
-    )
+    indptr.close()
 
 
 def _write_array(group, name: str, values: np.ndarray) -> None:
@@ -165,6 +170,20 @@ def _write_array(group, name: str, values: np.ndarray) -> None:
         array[:] = values.astype(str)
     else:
         group.create_array(name, data=values, chunks=(max(1, min(values.size, 1 << 20)),))
+
+
+def _write_sliced(group, name: str, n: int, dtype: np.dtype, values: Callable) -> None:
+    """Write ``values(lo, hi)`` for consecutive slices of ``n`` as ``dtype``.
+
+    The same array as :func:`_write_array` writes, without ever holding it whole:
+    ``cell_index`` (int64 on disk) and the stored label and group codes, gathered in
+    stored order, cost only their slice.
+    """
+    step = max(1, min(n, 1 << 20))
+    array = group.create_array(name, shape=(n,), dtype=dtype, chunks=(step,))
+    for lo in range(0, n, step):
+        hi = min(lo + step, n)
+        array[lo:hi] = np.asarray(values(lo, hi), dtype=dtype)
 
 
 def _stored_values(matrix) -> int | None:
@@ -283,7 +302,10 @@ def create_store(
         return writing(path, "the GinsengDataset store", needed=needed)
 
     rng = np.random.default_rng(seed)
-    dest = rng.permutation(n_cells)  # destination row of each source row
+    # Destination row of each source row; int32 halves the one per-cell array held
+    # through both passes (the permutation itself is the same for a given seed).
+    index_dtype = np.int32 if n_cells < np.iinfo(np.int32).max else np.int64
+    dest = rng.permutation(n_cells).astype(index_dtype)
     shard_rows = chunk_size
     n_shards = -(-n_cells // shard_rows)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
@@ -314,12 +336,27 @@ def create_store(
         with guard():
             _write_counts(group, shards, n_cells, n_genes, nnz, dtype, shard_rows)
             shutil.rmtree(shards.root)
-            cell_index = np.argsort(dest)  # source row of each stored row
-            _write_array(group, "cell_index", cell_index.astype(np.int64))
-            _write_array(group, "labels", labels.codes[cell_index])
+            # Source row of each stored row: the inverse permutation, without argsort's
+            # int64 result and its temporaries.
+            cell_index = np.empty(n_cells, dtype=index_dtype)
+            cell_index[dest] = np.arange(n_cells, dtype=index_dtype)
+            del dest
+            int64 = np.dtype(np.int64)
+            _write_sliced(group, "cell_index", n_cells, int64, lambda lo, hi: cell_index[lo:hi])
+            codes = labels.codes
+            _write_sliced(
+                group, "labels", n_cells, codes.dtype, lambda lo, hi: codes[cell_index[lo:hi]]
+            )
             _write_array(group, "genes", np.asarray(adata.var_names[gene_idx], dtype=str))
             if groups is not None:
-                _write_array(group, "groups", groups.codes[cell_index])
+                group_codes = groups.codes
+                _write_sliced(
+                    group,
+                    "groups",
+                    n_cells,
+                    group_codes.dtype,
+                    lambda lo, hi: group_codes[cell_index[lo:hi]],
+                )
             group.attrs.update(
                 {
                     "format": _keys.STORE_FORMAT,

@@ -73,20 +73,50 @@ class _Model:
 
         weights = np.exp(rng.normal(0.0, 0.7, n_types))
         types = rng.choice(n_types, size=n_cells, p=weights / weights.sum())
-        self.types = np.sort(types) if sorted_by_label else types
-        self.batches = rng.integers(0, n_batches, size=n_cells)
+        # The smallest integer type: two codes per cell are all the per-cell state kept.
+        self.types = (np.sort(types) if sorted_by_label else types).astype(_codes_dtype(n_types))
+        self.batches = rng.integers(0, n_batches, size=n_cells).astype(_codes_dtype(n_batches))
 
-    def obs(self) -> pd.DataFrame:
-        n = len(self.types)
+    def obs_columns(self) -> dict[str, pd.Categorical]:
         type_names = [f"type_{t}" for t in range(self.n_types)]
         batch_names = [f"batch_{b}" for b in range(self.n_batches)]
-        return pd.DataFrame(
+        return {
+            "cell_type": pd.Categorical.from_codes(self.types, categories=type_names),
+            "batch": pd.Categorical.from_codes(self.batches, categories=batch_names),
+        }
+
+    def obs(self) -> pd.DataFrame:
+        return pd.DataFrame(self.obs_columns(), index=pd.Index(_cell_names(0, len(self.types))))
+
+    def write_obs(self, file, chunk_size: int) -> None:
+        """Write ``obs()`` into an open h5py file, the cell names ``chunk_size`` at a time.
+
+        The same element anndata's ``write_elem(file, "obs", self.obs())`` writes
+        (``dataframe`` encoding, a ``string-array`` index, categorical columns), without
+        the names of every cell in memory at once: about 140 bytes per cell for anndata's
+        conversion (1.5 GB at 10M cells).
+        """
+        import h5py
+        from anndata.io import write_elem
+
+        n = len(self.types)
+        columns = self.obs_columns()
+        group = file.create_group("obs")
+        group.attrs.update(
             {
-                "cell_type": pd.Categorical.from_codes(self.types, categories=type_names),
-                "batch": pd.Categorical.from_codes(self.batches, categories=batch_names),
-            },
-            index=pd.Index([f"cell_{i}" for i in range(n)]),
+                "encoding-type": "dataframe",
+                "encoding-version": "0.2.0",
+                "_index": "_index",
+                "column-order": list(columns),
+            }
         )
+        index = group.create_dataset("_index", shape=(n,), dtype=h5py.string_dtype())
+        index.attrs.update({"encoding-type": "string-array", "encoding-version": "0.2.0"})
+        for lo in range(0, n, chunk_size):
+            hi = min(lo + chunk_size, n)
+            index[lo:hi] = np.array(_cell_names(lo, hi), dtype=object)
+        for name, values in columns.items():
+            write_elem(group, name, values)
 
     def var(self) -> pd.DataFrame:
         return pd.DataFrame(
@@ -115,7 +145,7 @@ class _Model:
     def _block(self, block: int, start: int) -> sp.csr_matrix:
         rng = np.random.default_rng([self.noise_seed, block])
         stop = min(start + _BLOCK, len(self.types))
-        profile = self.types[start:stop] * self.n_batches + self.batches[start:stop]
+        profile = self.types[start:stop].astype(np.intp) * self.n_batches + self.batches[start:stop]
         n, n_genes, n_modules = len(profile), self.n_genes, self.n_modules
         sigma = 0.5
         library = rng.lognormal(np.log(self.mean_umis) - sigma**2 / 2, sigma, n)
@@ -154,6 +184,15 @@ class _Model:
             (counts.astype(np.float32), gene[starts].astype(np.int32), indptr),
             shape=(n, n_genes),
         )
+
+
+def _codes_dtype(n: int) -> np.dtype:
+    """The smallest signed integer type that holds the codes ``0 .. n - 1``."""
+    return np.dtype(np.min_scalar_type(-max(n, 1)))
+
+
+def _cell_names(start: int, stop: int) -> list[str]:
+    return [f"cell_{i}" for i in range(start, stop)]
 
 
 def _uns(model: _Model, sorted_by_label: bool) -> dict:
@@ -291,7 +330,7 @@ def write_synthetic_h5ad(
     with h5py.File(tmp, "w") as f:
         f.attrs["encoding-type"] = "anndata"
         f.attrs["encoding-version"] = "0.1.0"
-        write_elem(f, "obs", model.obs())
+        model.write_obs(f, chunk_size)
         write_elem(f, "var", model.var())
         for key in ("obsm", "varm", "obsp", "varp", "layers"):
             write_elem(f, key, {})

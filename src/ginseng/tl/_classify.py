@@ -346,10 +346,21 @@ def run_classify(
     obsm_keys, uns_keys = write_annotation(
         out, annotation, keys, record=record, store_probabilities=options.store_probabilities
     )
+    # ``out`` holds copies of the labels and confidence: free the kernel's before writing.
+    del result, annotation
     if options.write:
         if query.file is None or query.fmt is None:  # refused by open_query already
             raise InputError("write=True needs an .h5ad or AnnData .zarr file.")
-        write_results(out, query.file, query.fmt, obsm_keys=obsm_keys, uns_keys=uns_keys)
+        write_results(
+            out,
+            query.file,
+            query.fmt,
+            obsm_keys=obsm_keys,
+            uns_keys=uns_keys,
+            # Names read from the path are the file's own: only the columns are written.
+            # A backed AnnData's names may have been changed by the user: written too.
+            write_index=isinstance(adata, AnnData),
+        )
     if options.copy or not isinstance(adata, AnnData):
         return out
     return None
