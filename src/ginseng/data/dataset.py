@@ -193,7 +193,7 @@ class GinsengDataset:
         try:
             create_store(
                 path,
-                adata if opened is None else opened,  # type: ignore[arg-type]  # duck-typed
+                adata if opened is None else opened,  # an AnnData or its duck-typed stand-in
                 label_key=label_key,
                 layer=layer,
                 genes=genes,
