@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 
 import anndata as ad
@@ -688,3 +689,31 @@ def test_seed_api_counts_fallback_on_a_zarr_path(toy_trained, query, tmp_path):
     assert "layer" not in annotated.uns["ginseng"]["classify"]["params"]  # X was used
     with pytest.raises(InputError, match=re.escape(f"{path} has no 'layers/counts'")):
         gs.tl.classify(path, state, layer="counts")  # no fallback outside the seed API
+
+
+def test_write_check_leaves_the_file_alone_and_refuses_a_held_file(toy_trained, tmp_path):
+    """write=True checks the .h5ad without opening it for writing (HDF5 would mark it
+    open in its superblock, and a kill then would leave a file it refuses to reopen)."""
+    import hashlib
+
+    import h5py
+
+    path = tmp_path / "q.h5ad"
+    toy_trained.adata.write_h5ad(path)
+    before = hashlib.sha256(path.read_bytes()).hexdigest()
+    mtime = path.stat().st_mtime_ns
+    from ginseng.data._writeback import check_writable
+
+    check_writable(path, "h5ad")
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == before
+    assert path.stat().st_mtime_ns == mtime
+    with h5py.File(path, "r"), pytest.raises(InputError, match="close it first"):
+        gs.tl.classify(path, toy_trained.state, write=True)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == before
+    path.chmod(0o444)
+    try:
+        if not os.access(path, os.W_OK):  # root may write anyway
+            with pytest.raises(InputError, match="no write permission"):
+                gs.tl.classify(path, toy_trained.state, write=True)
+    finally:
+        path.chmod(0o644)

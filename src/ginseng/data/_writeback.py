@@ -47,17 +47,37 @@ def check_writable(path: str | os.PathLike, fmt: str) -> None:
             "return_table=True, or save the returned AnnData with write_h5ad."
         )
     if fmt == "h5ad":
-        import h5py
+        _check_h5ad_writable(path)
 
+
+def _check_h5ad_writable(path: Path) -> None:
+    """Refuse an ``.h5ad`` that cannot be replaced or that an HDF5 handle holds open.
+
+    Without opening the file for writing: HDF5 marks a file open ``r+`` in its
+    superblock until it is closed, so a process killed while merely checking would leave
+    a file that HDF5 refuses to open again. Instead, the permission is checked, and
+    an exclusive ``flock`` is tried and released at once: it fails while any handle
+    (HDF5 takes a shared ``flock`` for reading) has the file open.
+    """
+    if not os.access(path, os.W_OK) or not os.access(path.parent, os.W_OK):
+        raise InputError(
+            f"Cannot write into {path}: no write permission for the file or its folder."
+        )
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: the staged write reports a held file itself
+        return
+    with open(path, "rb") as handle:
         try:
-            with h5py.File(path, "r+"):
-                pass
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as error:
             raise InputError(
-                f"Cannot write into {path} ({error}). If an AnnData from an earlier "
-                "classify call (or read_h5ad(backed=...)) holds it open, close it first "
-                "with adata.file.close()."
+                f"Cannot write into {path} ({error.strerror or error}): it is open "
+                "elsewhere. If an AnnData from an earlier classify call (or "
+                "read_h5ad(backed=...)) holds it open, close it first with "
+                "adata.file.close()."
             ) from error
+        fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def write_results(
