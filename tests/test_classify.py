@@ -692,8 +692,8 @@ def test_seed_api_counts_fallback_on_a_zarr_path(toy_trained, query, tmp_path):
 
 
 def test_write_check_leaves_the_file_alone_and_refuses_a_held_file(toy_trained, tmp_path):
-    """write=True checks the .h5ad without opening it for writing (HDF5 would mark it
-    open in its superblock, and a kill then would leave a file it refuses to reopen)."""
+    """write=True checks the .h5ad without opening it for writing (an r+ open rewrites
+    its metadata: a kill inside that window changed the file's bytes)."""
     import hashlib
 
     import h5py

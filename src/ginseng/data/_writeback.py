@@ -53,9 +53,9 @@ def check_writable(path: str | os.PathLike, fmt: str) -> None:
 def _check_h5ad_writable(path: Path) -> None:
     """Refuse an ``.h5ad`` that cannot be replaced or that an HDF5 handle holds open.
 
-    Without opening the file for writing: HDF5 marks a file open ``r+`` in its
-    superblock until it is closed, so a process killed while merely checking would leave
-    a file that HDF5 refuses to open again. Instead, the permission is checked, and
+    Without opening the file for writing: opening ``r+`` and closing rewrites the file's
+    metadata, so a process killed while merely checking left the file's bytes changed
+    (seen by the crash-safety test under load). Instead, the permission is checked, and
     an exclusive ``flock`` is tried and released at once: it fails while any handle
     (HDF5 takes a shared ``flock`` for reading) has the file open.
     """
