@@ -161,8 +161,9 @@ def alternative_scores(
         return np.searchsorted(np.sort(ref_scores), scores, side="right") / len(ref_scores)
 
     def log_z(ref_scores: np.ndarray, scores: np.ndarray) -> np.ndarray:
-        ref_log = np.log(ref_scores)
-        return (np.log(scores) - ref_log.mean()) / ref_log.std()
+        # A reference cell can sit on its label's mean (a label of one cell): distance 0.
+        ref_log = np.log(np.maximum(ref_scores, 1e-12))
+        return (np.log(np.maximum(scores, 1e-12)) - ref_log.mean()) / ref_log.std()
 
     return {
         # Novel in either space: the larger of the two reference quantiles (ties broken
