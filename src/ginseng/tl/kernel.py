@@ -229,7 +229,7 @@ def classify_chunks(
     The serial driver of :func:`ginseng.tl.classify`: reads the matrix (in memory,
     backed or an anndata sparse dataset) a block at a time with a progress bar and
     gathers the results, so memory holds two blocks (the next is read in the
-    background while this one is classified, :func:`ginseng.data.read_ahead`) plus the
+    background while this one is classified, ``ginseng.data.read_ahead``) plus the
     results. With
     ``check_counts``, the first block with values gets the ``"raw"`` check and the
     others the cheap ``"sign"`` check.
