@@ -176,7 +176,7 @@ def _write_obs_columns(group: Any, obs: Any) -> bool:
     if target is None or target.attrs.get("encoding-type") != "dataframe":
         return False
     index_key = target.attrs.get("_index")
-    if index_key not in target or target[index_key].shape != (len(obs),):
+    if index_key not in target or _element_length(target[index_key]) != len(obs):
         return False
     columns = [str(c) for c in obs.columns]
     for name in list(target.keys()):
@@ -195,3 +195,19 @@ def _write_obs_columns(group: Any, obs: Any) -> bool:
         write_elem(target, name, values)
     target.attrs["column-order"] = columns
     return True
+
+
+def _element_length(element: Any) -> int | None:
+    """Rows of a stored array: a dataset's, or an encoded group's (``None`` if unknown).
+
+    anndata >= 0.13 with pandas 3 writes a string index as a group (e.g. the
+    ``nullable-string-array`` encoding: ``values`` and ``mask``), older versions as a
+    dataset.
+    """
+    shape = getattr(element, "shape", None)
+    if shape is not None:
+        return int(shape[0]) if len(shape) else None
+    for key in ("values", "codes"):
+        if key in element:
+            return int(element[key].shape[0])
+    return None
