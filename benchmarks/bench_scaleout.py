@@ -62,6 +62,11 @@ import time  # noqa: E402
 from datetime import UTC, datetime  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+try:
+    from benchmarks._common import peak_rss_mb
+except ImportError:  # run as a script
+    from _common import peak_rss_mb
+
 CACHE = Path(__file__).parent / ".cache"
 RESULTS = Path(__file__).parent / "results" / "scaleout.md"
 RESULTS_TRAINING = Path(__file__).parent / "results" / "scaleout_training.md"
@@ -185,14 +190,6 @@ def _training(args: argparse.Namespace) -> None:
     print("\n".join(lines))
 
 
-def _vmhwm_mb() -> float:
-    """Peak RSS of this process image (VmHWM is reset by exec, unlike ru_maxrss)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
-
-
 def _memory_child(step: str, *paths: str) -> dict:
     """One step of ``--parts memory``, alone in this process; returns wall s and peak."""
     import ginseng as gs
@@ -235,7 +232,7 @@ def _memory_child(step: str, *paths: str) -> dict:
         out.file.close()
     else:
         raise ValueError(step)
-    return {"step": step, "wall_s": time.perf_counter() - start, "peak_rss_mb": _vmhwm_mb()}
+    return {"step": step, "wall_s": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb()}
 
 
 def _run_memory_child(*args: str) -> dict:
