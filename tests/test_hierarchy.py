@@ -281,6 +281,27 @@ def test_a_flat_model_removes_the_level_columns_of_an_earlier_run(toy_tree, toy_
     assert "ginseng_cell_type_group_colors" not in query.uns
 
 
+def test_write_true_removes_an_earlier_runs_level_keys_from_the_file(
+    toy_tree, toy_trained, tmp_path
+):
+    """The file ends up as the returned AnnData: no level columns or colours left over."""
+    import anndata as ad
+
+    adata, state = toy_tree
+    for suffix, writer in ((".h5ad", ad.AnnData.write_h5ad), (".zarr", ad.AnnData.write_zarr)):
+        path = tmp_path / f"query{suffix}"
+        writer(adata, path)
+        gs.tl.classify(path, state, write=True)
+        first = ad.read_h5ad(path) if suffix == ".h5ad" else ad.read_zarr(path)
+        assert "ginseng_cell_type_group_colors" in first.uns
+        returned = gs.tl.classify(path, toy_trained.state, write=True)
+        written = ad.read_h5ad(path) if suffix == ".h5ad" else ad.read_zarr(path)
+        assert sorted(written.uns) == sorted(returned.uns), suffix
+        levels = {f"ginseng_cell_type_{name}_colors" for name in state.hierarchy.levels}
+        assert not levels & set(written.uns), suffix
+        assert list(written.obs.columns) == list(returned.obs.columns), suffix
+
+
 def test_a_hierarchy_attached_after_training_and_majority_vote(toy_trained):
     """A hierarchy is metadata over the labels: attach one to a trained model."""
     state = copy.copy(toy_trained.state)

@@ -101,8 +101,9 @@ def write_results(
     fmt
         ``"h5ad"`` or ``"zarr"``.
     obsm_keys, uns_keys
-        Keys of ``adata.obsm`` and ``adata.uns`` to write; other entries of the file's
-        ``obsm`` and ``uns`` stay as they were.
+        Keys of ``adata.obsm`` and ``adata.uns`` to write; a key that ``adata`` no
+        longer holds is deleted from the file. Other entries of the file's ``obsm`` and
+        ``uns`` stay as they were.
     prepare
         Called first with the staged copy's path (zarr only), inside the crash-safe
         update: it may write into the copy itself (the dask path's workers write the
@@ -159,7 +160,10 @@ def _write_elements(group: Any, adata: AnnData, obsm_keys, uns_keys, write_index
             write_elem(group, name, {})
         mapping = getattr(adata, name)
         for key in keys:
-            write_elem(group[name], key, mapping[key])
+            if key in mapping:
+                write_elem(group[name], key, mapping[key])
+            elif key in group[name]:  # removed from adata by this run: remove it here too
+                del group[name][key]
 
 
 def _write_obs_columns(group: Any, obs: Any) -> bool:

@@ -134,7 +134,8 @@ def write_annotation(
 
     Returns
     -------
-    The ``obsm`` and ``uns`` keys written, for writing them into a file.
+    The ``obsm`` and ``uns`` keys written (and the ``uns`` colour keys of an earlier
+    run's hierarchy levels, removed), for writing them into a file.
     """
     entry = adata.uns.get(keys.uns, {})
     if not isinstance(entry, Mapping):
@@ -155,11 +156,15 @@ def write_annotation(
     adata.obs.drop(columns=[c for c in stale if c in adata.obs.columns], inplace=True)
     for column, values in extra.items():
         adata.obs[column] = values
-    uns_keys = [keys.uns, keys.colors(keys.cell_type)]
+    # Removed colour keys are listed too, so that writing into a file removes them there.
+    removed = [keys.colors(keys.level(name)) for name in (earlier or {}).get("levels", [])]
+    uns_keys = [keys.uns, keys.colors(keys.cell_type), *removed]
     adata.uns[uns_keys[1]] = model_label_colors(list(annotation.predicted.categories), labels)
     for name, values in (annotation.levels or {}).items():
-        uns_keys.append(keys.colors(keys.level(name)))
-        adata.uns[uns_keys[-1]] = model_label_colors(list(values.categories), labels)
+        color_key = keys.colors(keys.level(name))
+        if color_key not in uns_keys:
+            uns_keys.append(color_key)
+        adata.uns[color_key] = model_label_colors(list(values.categories), labels)
     obsm_keys = []
     if store_probabilities:
         adata.obsm[keys.probabilities] = annotation.probabilities
