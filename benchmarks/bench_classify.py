@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -39,7 +40,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-from _common import CACHE, peak_rss_mb, publish, rss_mb, run_child, synthetic_h5ad
+from _common import CACHE, peak_rss_mb, publish, run_child, synthetic_h5ad, synthetic_zarr
 
 LABEL = "cell_type"
 # Noise seed of the training cells; the type profiles come from seed 0 like the queries.
@@ -145,74 +146,97 @@ def child_celltypist(query: str, model_path: str) -> dict:
     return result | _scores(adata.obs[LABEL], y_pred)
 
 
-def child_profile(query: str, model_path: str) -> dict:
-    """ginseng's classify loop taken apart: seconds and MB per stage."""
-    import anndata as ad
-    import pandas as pd
-    import scanpy  # noqa: F401
-    import scipy.sparse as sp
+def child_profile(query: str, model_path: str, repeats: str = "3") -> dict:
+    """Where classification's time goes, next to its floor: reading the rows, nothing else.
 
+    In one fresh process, after the model's forward pass is compiled:
+
+    - ``read floor``: the query's rows read chunk by chunk (``iter_row_chunks``, the
+      reader ``gs.tl.classify`` uses) from the same file, doing nothing else;
+    - ``classify``: the public call ``gs.tl.classify(path, model)`` (it opens the file,
+      reads obs and var, and classifies the counts chunk by chunk with read-ahead);
+    - the stages of that call's per-chunk work, run serially one after the other on
+      each chunk (so they add up; the real call overlaps reading with the rest).
+
+    Floors and calls alternate ``repeats`` times (medians reported), so a load change on
+    a shared machine hits both alike.
+    """
     import ginseng as gs
     from ginseng.data.io import load_model
-    from ginseng.tl.kernel import align_genes, assign_labels, check_chunk, iter_row_chunks
-    from ginseng.tl.kernel import model_label_colors as label_colors
+    from ginseng.model.network import first_linear_sparse
+    from ginseng.model.uncertainty import novelty_scores
+    from ginseng.tl._query import open_query
+    from ginseng.tl.kernel import align_genes, calibrated_proba, check_chunk, iter_row_chunks
+
+    gs.settings.progress_bar = False
+    chunk_size = gs.settings.chunk_size
+    state = load_model(model_path)
+    opened = open_query(query, None)
+    alignment = align_genes(state.genes, opened.adata.var)
+    missing = alignment.missing if alignment.missing.any() else None
+    # Compile the forward pass for the shapes the chunks use.
+    for _, chunk in iter_row_chunks(
+        opened.matrix[: min(chunk_size, opened.adata.n_obs)], chunk_size
+    ):
+        state.predict_hidden_logits(alignment.take(chunk), missing=missing)
+
+    def read_floor() -> float:
+        start = time.perf_counter()
+        for _ in iter_row_chunks(opened.matrix, chunk_size):
+            pass
+        return time.perf_counter() - start
+
+    def call() -> float:
+        start = time.perf_counter()
+        gs.tl.classify(query, state)  # opens the file (obs, var) and reads it in chunks
+        return time.perf_counter() - start
+
+    floors, calls = [], []
+    for _ in range(int(repeats)):
+        floors.append(read_floor())
+        calls.append(call())
 
     t: dict[str, float] = {}
-    mem = {"after_imports": rss_mb()}
 
-    def clock(key, fn, *a):
+    def clock(key, fn, *a, **kw):
         start = time.perf_counter()
-        value = fn(*a)
+        value = fn(*a, **kw)
         t[key] = t.get(key, 0.0) + time.perf_counter() - start
         return value
 
-    state = clock("load_model", load_model, model_path)
-    state.predict_proba(np.zeros((1, state.n_genes), np.float32))  # jit compile
-    mem["after_model_and_jit"] = rss_mb()
-    backed = clock("open_backed_and_obs", lambda: ad.read_h5ad(query, backed="r"))
-    mem["after_open_backed"] = rss_mb()
-    mem["peak_after_open_backed"] = peak_rss_mb()
-    obs_mb = backed.obs.memory_usage(deep=True).sum() / 2**20
-    alignment = clock("align_genes", lambda: align_genes(state.genes, backed.var))
-    n, n_labels = backed.n_obs, state.n_labels
-    proba = np.empty((n, n_labels), np.float32)
-    codes, conf = np.empty(n, np.int32), np.empty(n, np.float32)
-    chunks = iter_row_chunks(backed.X, gs.settings.chunk_size)
-    nnz = 0
-    while (item := clock("read_rows", next, chunks, None)) is not None:
-        rows, chunk = item
-        nnz += chunk.nnz
-        clock("check_counts", lambda c=chunk: check_chunk(c, check="sign", where="X"))
-        aligned = clock("align_chunk", lambda c=chunk: alignment.take(c))
-        clock("densify_again_(in_predict)", lambda a=aligned: sp.csr_matrix(a).toarray())
-        p = clock("predict_proba", state.predict_proba, aligned)
-        start = time.perf_counter()
-        codes[rows] = p.argmax(axis=1)
-        conf[rows] = p[np.arange(len(p)), codes[rows]]
-        proba[rows] = p
-        t["argmax_store"] = t.get("argmax_store", 0.0) + time.perf_counter() - start
-    mem["after_loop"] = rss_mb()
-    mem["peak_after_loop"] = peak_rss_mb()
-    labels = [str(x) for x in state.labels]
-
-    def annotate():
-        predicted = assign_labels(codes, conf, labels, None)
-        backed.obs["ginseng_cell_type"] = pd.Categorical(predicted)
-        backed.obs["ginseng_confidence"] = conf
-        backed.uns["ginseng_cell_type_colors"] = label_colors(list(predicted.categories), labels)
-        backed.obsm["ginseng_probabilities"] = proba
-
-    clock("write_obs_obsm_uns", annotate)
-    mem["after_annotate"] = rss_mb()
+    chunks = iter_row_chunks(opened.matrix, chunk_size)
+    first_layer_rows = min(4096, chunk_size)
+    while (item := clock("read rows", next, chunks, None)) is not None:
+        _, chunk = item
+        clock("check counts (sign)", check_chunk, chunk, check="sign", where="X")
+        aligned = clock("align genes (take)", alignment.take, chunk)
+        for lo in range(0, aligned.shape[0], first_layer_rows):
+            block = aligned[lo : lo + first_layer_rows]
+            clock(
+                "first layer (sparse)",
+                first_linear_sparse, state.config, state.params, block, missing=missing,
+            )  # fmt: skip
+        hidden, logits = clock(
+            "forward (first layer + network)", state.predict_hidden_logits, aligned, missing=missing
+        )
+        if state.uncertainty is not None:
+            clock("novelty", novelty_scores, hidden, state.uncertainty)
+        proba = clock("softmax + argmax", calibrated_proba, logits, state.temperature)
+        clock("softmax + argmax", proba.argmax, axis=1)
+    t["network (forward - first layer)"] = (
+        t.pop("forward (first layer + network)") - t["first layer (sparse)"]
+    )
     return {
-        "n_cells": n,
-        "nnz": nnz,
-        "chunk_size": gs.settings.chunk_size,
-        "seconds": t,
-        "rss_mb": mem,
+        "n_cells": opened.adata.n_obs,
+        "format": opened.fmt,
+        "chunk_size": chunk_size,
+        "read_floor_s": statistics.median(floors),
+        "classify_s": statistics.median(calls),
+        "floors_s": floors,
+        "calls_s": calls,
+        "stages_s": t,
+        "load": os.getloadavg(),
         "peak_rss_mb": peak_rss_mb(),
-        "obs_mb": float(obs_mb),
-        "outputs_mb": (proba.nbytes + codes.nbytes + conf.nbytes) / 2**20,
     }
 
 
@@ -265,7 +289,11 @@ def main() -> None:
         "--celltypist-max-gb", type=float, default=None,
         help="skip CellTypist above this estimated peak (default: 80%% of MemAvailable)",
     )  # fmt: skip
-    parser.add_argument("--profile", action="store_true", help="ginseng stage breakdown")
+    parser.add_argument(
+        "--profile", action="store_true",
+        help="ginseng's read floor, call and stage breakdown (per format, --repeats times)",
+    )  # fmt: skip
+    parser.add_argument("--formats", nargs="+", default=["h5ad", "zarr"], choices=["h5ad", "zarr"])
     args = parser.parse_args()
 
     ginseng_model, celltypist_model, meta_path = _model_paths(args.model_genes)
@@ -303,8 +331,11 @@ def main() -> None:
                 else:
                     results[n_cells, method].append(r)
         if args.profile:
-            profiles[n_cells] = _run("_profile", str(query), str(ginseng_model))
-            print(n_cells, "profile", json.dumps(profiles[n_cells]), file=sys.stderr)
+            for fmt in args.formats:
+                path = query if fmt == "h5ad" else synthetic_zarr(n_cells, args.genes)
+                profile = _run("_profile", str(path), str(ginseng_model), str(args.repeats))
+                profiles[n_cells, fmt] = profile
+                print(n_cells, fmt, "profile", json.dumps(profile), file=sys.stderr)
 
     publish(_report(args, meta, results, profiles), "classify.md")
 
@@ -363,26 +394,43 @@ def _report(args, meta, results, profiles) -> str:
 
 
 def _profile_table(profiles: dict) -> str:
-    ok = {n: p for n, p in profiles.items() if "error" not in p}
-    stages = list(dict.fromkeys(k for p in ok.values() for k in p["seconds"]))
-    head = " | ".join(f"{n:,} cells" for n in ok)
+    ok = {key: p for key, p in profiles.items() if "error" not in p}
+    failed = [f"{n:,} {fmt}: {p['error']}" for (n, fmt), p in profiles.items() if "error" in p]
+    if not ok:
+        return "ginseng profile: " + "; ".join(failed)
+    head = " | ".join(f"{n:,} {fmt}" for n, fmt in ok)
     lines = [
-        "ginseng stages (one process per size, jit compiled before timing):",
+        "ginseng against its floor (one fresh process per column; read floor and classify "
+        "alternate, medians; the stages run serially on each chunk after the timed calls, "
+        "so they add up, whereas the call overlaps reading with the rest):",
         "",
-        f"| stage | {head} |",
+        f"| | {head} |",
         "| --- |" + " ---: |" * len(ok),
     ]
+
+    def row(name: str, values: list[str]) -> None:
+        lines.append(f"| {name} | " + " | ".join(values) + " |")
+
+    row("read floor s", [f"{p['read_floor_s']:.2f}" for p in ok.values()])
+    row("classify s (public call)", [f"{p['classify_s']:.2f}" for p in ok.values()])
+    row(
+        "**classify / read floor**",
+        [f"**{p['classify_s'] / p['read_floor_s']:.2f}x**" for p in ok.values()],
+    )
+    row("cells/s", [f"{p['n_cells'] / p['classify_s']:,.0f}" for p in ok.values()])
+    stages = list(dict.fromkeys(k for p in ok.values() for k in p["stages_s"]))
     for stage in stages:
-        cells = " | ".join(f"{p['seconds'].get(stage, 0):.2f} s" for p in ok.values())
-        lines.append(f"| {stage} | {cells} |")
-    for key in ok[next(iter(ok))]["rss_mb"]:
-        cells = " | ".join(f"{p['rss_mb'][key]:,.0f} MB" for p in ok.values())
-        lines.append(f"| RSS {key.replace('_', ' ')} | {cells} |")
-    for key, name in (("obs_mb", "obs (deep)"), ("outputs_mb", "codes+confidence+proba")):
-        cells = " | ".join(f"{p[key]:,.0f} MB" for p in ok.values())
-        lines.append(f"| {name} | {cells} |")
-    cells = " | ".join(f"{p['peak_rss_mb']:,.0f} MB" for p in ok.values())
-    lines.append(f"| peak RSS | {cells} |")
+        row(f"stage: {stage}", [f"{p['stages_s'].get(stage, 0):.2f} s" for p in ok.values()])
+    row("stages, sum", [f"{sum(p['stages_s'].values()):.2f} s" for p in ok.values()])
+    row("peak RSS", [f"{p['peak_rss_mb']:,.0f} MB" for p in ok.values()])
+    row(
+        "load average (1, 5, 15 min)",
+        ["/".join(f"{x:.1f}" for x in p["load"]) for p in ok.values()],
+    )
+    row("floors s (all)", [" ".join(f"{x:.2f}" for x in p["floors_s"]) for p in ok.values()])
+    row("calls s (all)", [" ".join(f"{x:.2f}" for x in p["calls_s"]) for p in ok.values()])
+    if failed:
+        lines += ["", "Failed: " + "; ".join(failed)]
     return "\n".join(lines)
 
 
