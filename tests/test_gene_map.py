@@ -44,6 +44,22 @@ def test_gene_map_reads_the_query_like_the_original(toy_trained, mouse_query):
     assert half.shape == expected.shape
 
 
+def test_explain_with_a_gene_map_attributes_to_the_querys_own_columns(toy_trained, mouse_query):
+    adata, table = mouse_query
+    state = toy_trained.state
+    with pytest.raises(GeneMismatchError):
+        gs.tl.explain(adata, state, copy=True)
+    expected = gs.tl.explain(toy_trained.adata, state, n_top=5, copy=True)
+    got = gs.tl.explain(adata, state, n_top=5, gene_map=table, copy=True)
+    # The query's columns are the original's reversed: the same attributions, mirrored.
+    mirrored = expected.layers["ginseng_attributions"][:, ::-1]
+    assert (got.layers["ginseng_attributions"] != mirrored).nnz == 0
+    pd.testing.assert_frame_equal(got.obs, expected.obs)
+    record = got.uns["ginseng"]["explain"]
+    assert record["gene_overlap"]["source"] == "var_names via gene_map"
+    assert record["params"]["gene_map"] == f"{len(table)} pairs"
+
+
 def test_gene_map_refusals(toy_trained, mouse_query):
     adata, table = mouse_query
     many = table.copy()

@@ -9,6 +9,7 @@ space); this face aligns the query's genes, reads its counts chunk by chunk as
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -43,6 +44,7 @@ def explain(
     key_added: str = PREFIX,
     gene_key: str | None = None,
     min_gene_overlap: float = 0.5,
+    gene_map: Mapping[str, str] | pd.DataFrame | None = None,
     check_counts: bool = True,
     batch_size: int | None = None,
     copy: bool = False,
@@ -98,8 +100,11 @@ def explain(
         (p95 2%) for a default model; the gap is in ``obs``, see above.
     key_added
         Prefix of the keys written.
-    gene_key, min_gene_overlap
-        Gene matching, as in :func:`ginseng.tl.classify`.
+    gene_key, min_gene_overlap, gene_map
+        Gene matching, as in :func:`ginseng.tl.classify`: with ``gene_map`` (e.g.
+        :func:`ginseng.datasets.mouse_human_orthologs`) the query's genes are translated
+        to the model's names first, and the attributions still land on the query's own
+        gene columns.
     check_counts
         Refuse log-normalised or scaled input (first chunk), and negative values.
     batch_size
@@ -175,7 +180,11 @@ def explain(
     labels = [str(x) for x in state.labels]
     codes = _label_codes(target, labels, label, label_key)
     alignment = align_genes(
-        state.genes, target.var, gene_key=gene_key, min_overlap=min_gene_overlap
+        state.genes,
+        target.var,
+        gene_key=gene_key,
+        min_overlap=min_gene_overlap,
+        gene_map=gene_map,
     )
     missing = alignment.missing if alignment.missing.any() else None
     n = target.n_obs
@@ -228,6 +237,7 @@ def explain(
             "key_added": key_added,
             "gene_key": gene_key,
             "min_gene_overlap": float(min_gene_overlap),
+            "gene_map": None if gene_map is None else f"{len(gene_map)} pairs",
             "check_counts": bool(check_counts),
             "batch_size": int(batch_size),
         }
