@@ -20,7 +20,8 @@ from .._errors import InputError
 from .._keys import NOVEL, UNASSIGNED, ResultKeys
 from .._logging import logger, timed
 from ..data import write_results
-from ._classify import ClassifyOptions, annotation_from, classify_record
+from ._annotation import annotation_from, classify_record
+from ._options import ClassifyOptions
 from ._query import Query
 from ._results import Annotation, annotation_table, write_annotation
 
