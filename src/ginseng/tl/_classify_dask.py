@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 def lazy_matrix(query: Query, batch_size: int) -> Any:
     """The counts of the file behind ``query`` as a dask array of ``batch_size`` rows."""
-    from ._dask import lazy_rows
+    from ._dask_io import lazy_rows
 
     key = "X" if query.layer is None else f"layers/{query.layer}"
     assert query.file is not None and query.fmt is not None  # checked by the caller
@@ -49,7 +49,8 @@ def run_dask(
     batch_size: int,
 ) -> AnnData | pd.DataFrame | None:
     """:func:`run_classify` for counts in a dask array (see :mod:`ginseng.tl._dask`)."""
-    from ._dask import ZarrTarget, classify_dask, create_probability_array
+    from ._dask import ZarrTarget, classify_dask
+    from ._dask_io import create_probability_array
     from ._labels import votes_from_table
 
     target, labels = query.adata, [str(x) for x in state.labels]
