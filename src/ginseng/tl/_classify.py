@@ -1,20 +1,18 @@
 """``ginseng.tl.classify``: annotate the cells of an AnnData with a trained model.
 
 Three steps, after decoupler's ``_run``/``_return`` split: open the query and check the
-options (:class:`ClassifyOptions`), compute the predictions chunk by chunk with the
-pure kernel of :mod:`ginseng.tl.kernel`, and hand them to the one writer of AnnData
-keys (:func:`ginseng.tl._results.write_annotation`), or lay them out as a table.
+options (:class:`~ginseng.tl._options.ClassifyOptions`), compute the predictions chunk
+by chunk with the pure kernel of :mod:`ginseng.tl.kernel`, and hand them to the one
+writer of AnnData keys (:func:`ginseng.tl._results.write_annotation`), or lay them out
+as a table.
 """
 
 from __future__ import annotations
 
-import inspect
 import os
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
-import numpy as np
 import pandas as pd
 from anndata import AnnData
 
@@ -23,15 +21,14 @@ from .._errors import InputError
 from .._keys import PREFIX, ResultKeys
 from .._logging import timed
 from .._settings import settings
-from .._validate import fraction, nonempty_str, positive_int
-from ..data import backed_mode, write_results
-from ..model.hierarchy import back_off, describe
+from ..data import write_results
+from ._annotation import annotation_from, classify_record
 from ._dask import active_client, is_dask_array
-from ._query import Query, open_query
-from ._record import drop_none, model_summary
-from ._results import Annotation, annotation_table, write_annotation
-from ._uncertainty import check_uncertainty, novel_mask, set_columns, uncertainty_record
-from .kernel import align_genes, assign_labels, classify_chunks, majority_vote
+from ._options import ClassifyOptions
+from ._query import open_query
+from ._results import annotation_table, write_annotation
+from ._uncertainty import check_uncertainty
+from .kernel import align_genes, classify_chunks, majority_vote
 
 if TYPE_CHECKING:
     from ..model.state import GinsengModelState
@@ -186,99 +183,6 @@ def classify(
     return run_classify(adata, model, options)
 
 
-@dataclass(frozen=True)
-class ClassifyOptions:
-    """The keyword options of :func:`classify`, checked by :meth:`check`.
-
-    ``counts_fallback`` is not an option of ``gs.tl.classify``: ``ginseng.classify``
-    (the seed API) sets it so that ``layer="counts"`` falls back to ``.X`` when the
-    data have no such layer.
-    """
-
-    layer: str | None = None
-    key_added: str = PREFIX
-    gene_key: str | None = None
-    min_gene_overlap: float = 0.5
-    gene_map: Any = None
-    unassigned_threshold: float | None = None
-    novelty_threshold: float | None = None
-    prediction_sets: float | None = None
-    labels: Sequence[str] | None = None
-    majority_vote_key: str | None = None
-    min_prop: float = 0.0
-    store_probabilities: bool = True
-    check_counts: bool = True
-    batch_size: int | None = None
-    return_table: bool = False
-    copy: bool = False
-    write: bool = False
-    counts_fallback: bool = False
-
-    def check(self, adata: object) -> None:
-        """Refuse contradicting or out-of-range options for this ``adata``."""
-        if self.return_table and (self.copy or self.write):
-            raise InputError(
-                "return_table=True leaves adata untouched; do not combine it with copy= or write=."
-            )
-        if self.copy and not isinstance(adata, AnnData):
-            raise InputError(
-                "copy=True applies to an AnnData; for a path, classify already returns the "
-                "annotated AnnData it reads (use return_table=True for a DataFrame)."
-            )
-        if self.copy and isinstance(adata, AnnData) and adata.isbacked:
-            raise InputError(
-                "copy=True would load the backed AnnData into memory; annotate it in place, "
-                "or use return_table=True, or pass adata.to_memory() if it fits."
-            )
-        if self.write and isinstance(adata, AnnData):
-            _check_writable_adata(adata)
-        if self.unassigned_threshold is not None:
-            fraction("unassigned_threshold", self.unassigned_threshold)
-        if self.novelty_threshold is not None:
-            fraction("novelty_threshold", self.novelty_threshold, "(0, 1)")
-        if self.prediction_sets is not None:
-            fraction("prediction_sets", self.prediction_sets, "(0, 1)")
-        nonempty_str("key_added", self.key_added)
-        if self.batch_size is not None:
-            positive_int("batch_size", self.batch_size)
-
-    def params(self, layer: str | None, batch_size: int) -> dict[str, object]:
-        """What ``uns[key_added]["classify"]["params"]`` records (no ``None``)."""
-        params = {
-            "layer": layer,
-            "key_added": self.key_added,
-            "gene_key": self.gene_key,
-            "min_gene_overlap": float(self.min_gene_overlap),
-            "gene_map": None if self.gene_map is None else f"{len(self.gene_map)} pairs",
-            "unassigned_threshold": self.unassigned_threshold,
-            "novelty_threshold": self.novelty_threshold,
-            "prediction_sets": self.prediction_sets,
-            "labels": None if self.labels is None else [str(x) for x in self.labels],
-            "majority_vote_key": self.majority_vote_key,
-            "min_prop": float(self.min_prop),
-            "store_probabilities": bool(self.store_probabilities),
-            "check_counts": bool(self.check_counts),
-            "batch_size": int(batch_size),
-        }
-        return drop_none(params)
-
-    @classmethod
-    def from_keywords(cls, keywords: Mapping[str, Any], **internal: Any) -> ClassifyOptions:
-        """Options from keyword arguments of :func:`classify` (plus ``internal`` fields).
-
-        An unknown keyword raises the :class:`TypeError` a call of ``classify`` would.
-        """
-        accepted = set(inspect.signature(classify).parameters) - {"adata", "model"}
-        for name in keywords:
-            if name not in accepted:
-                raise TypeError(f"classify() got an unexpected keyword argument {name!r}")
-        return cls(**{**keywords, **internal})
-
-    def replace(self, **changes: Any) -> ClassifyOptions:
-        """A copy with ``changes`` applied."""
-        return ClassifyOptions(**{**asdict(self), **changes})
-
-
 def run_classify(
     adata: AnnData | str | os.PathLike[str],
     model: GinsengModelState | str | os.PathLike[str],
@@ -366,93 +270,3 @@ def run_classify(
     if options.copy or not isinstance(adata, AnnData):
         return out
     return None
-
-
-def annotation_from(
-    result: Any,
-    labels: list[str],
-    options: ClassifyOptions,
-    state: GinsengModelState,
-    votes: Callable[[pd.Series], pd.Series | None],
-) -> Annotation:
-    """Labels (with Unassigned, Novel), votes and sets from a kernel's results.
-
-    ``votes`` turns the predicted labels into cluster votes (``None`` without
-    majority voting): the serial path votes on them directly, the dask path from the
-    per-block tables its workers summed. With a hierarchy the labels back off along
-    each cell's path (``ginseng.model.hierarchy.back_off``); a model with ontology
-    ids gets the id of each predicted label too.
-    """
-    novel = novel_mask(result.novelty, state, options)
-    sets, sizes = set_columns(result.prediction_sets, labels)
-    threshold = options.unassigned_threshold
-    levels = level_confidence = names = None
-    if state.hierarchy is None or result.level_codes is None:
-        confidence = result.confidence
-        predicted = assign_labels(result.codes, confidence, labels, threshold, novel)
-    else:
-        names = list(state.hierarchy.names)
-        call, confidence, depth = back_off(result.level_codes, result.level_confidence, threshold)
-        # A cell no level passes has call -1 and its coarsest probability, below threshold.
-        predicted = assign_labels(np.maximum(call, 0), confidence, names, threshold, novel)
-        levels, level_confidence = {}, {}
-        for k, name in enumerate(state.hierarchy.levels):
-            # assign_labels marks Unassigned where "confidence" < threshold: give it 1 down
-            # to the level called and 0 below it, so that every column agrees with the call.
-            called = (depth >= k).astype(np.float32)
-            levels[name] = assign_labels(
-                result.level_codes[:, k], called, names, None if threshold is None else 1.0, novel
-            )
-            level_confidence[name] = result.level_confidence[:, k]
-    ontology_ids = None
-    if state.ontology is not None:
-        codes = pd.Categorical(predicted)
-        ontology_ids = pd.Categorical(state.ontology.for_names(codes.categories)[codes.codes])
-    return Annotation(
-        predicted,
-        confidence,
-        result.probabilities,
-        labels,
-        votes(predicted),
-        result.novelty,
-        sets,
-        sizes,
-        levels=levels,
-        level_confidence=level_confidence,
-        names=names,
-        ontology_ids=ontology_ids,
-    )
-
-
-def _check_writable_adata(adata: AnnData) -> None:
-    if not adata.isbacked:
-        raise InputError(
-            "write=True writes into the file behind a path or a backed AnnData; an "
-            "in-memory AnnData is annotated in place (save it with adata.write_h5ad)."
-        )
-    mode = backed_mode(adata)
-    if mode != "r+":
-        state = "closed" if mode is None else "open read-only"
-        raise InputError(
-            f"write=True needs the backed AnnData opened with backed='r+' "
-            f"({adata.filename} is {state})."
-        )
-
-
-def classify_record(
-    options: ClassifyOptions, query: Query, batch_size: int, state, alignment, labels
-):
-    """``uns[key_added]["classify"]``, the same for the serial and the dask path."""
-    from ..model.network import missing_genes_note
-
-    record = {
-        "params": options.params(query.layer, batch_size),
-        "labels": labels,
-        "model": model_summary(state),
-        "gene_overlap": alignment.summary(missing_genes_note(state.config)),
-    }
-    if state.uncertainty is not None:
-        record["uncertainty"] = uncertainty_record(state.uncertainty, options)
-    if state.hierarchy is not None:
-        record["hierarchy"] = describe(state.hierarchy)
-    return record

@@ -20,7 +20,8 @@ from .._errors import InputError
 from .._keys import NOVEL, UNASSIGNED, ResultKeys
 from .._logging import logger, timed
 from ..data import write_results
-from ._classify import ClassifyOptions, annotation_from, classify_record
+from ._annotation import annotation_from, classify_record
+from ._options import ClassifyOptions
 from ._query import Query
 from ._results import Annotation, annotation_table, write_annotation
 
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 
 def lazy_matrix(query: Query, batch_size: int) -> Any:
     """The counts of the file behind ``query`` as a dask array of ``batch_size`` rows."""
-    from ._dask import lazy_rows
+    from ._dask_io import lazy_rows
 
     key = "X" if query.layer is None else f"layers/{query.layer}"
     assert query.file is not None and query.fmt is not None  # checked by the caller
@@ -48,7 +49,8 @@ def run_dask(
     batch_size: int,
 ) -> AnnData | pd.DataFrame | None:
     """:func:`run_classify` for counts in a dask array (see :mod:`ginseng.tl._dask`)."""
-    from ._dask import ZarrTarget, classify_dask, create_probability_array
+    from ._dask import ZarrTarget, classify_dask
+    from ._dask_io import create_probability_array
     from ._labels import votes_from_table
 
     target, labels = query.adata, [str(x) for x in state.labels]

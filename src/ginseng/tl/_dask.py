@@ -14,8 +14,9 @@ dask's default scheduler). ginseng starts no cluster here.
   zarr array (the workers write, not the client).
 - Majority voting counts (cluster, label) pairs per block and sums the tables.
 
-Nothing here is imported unless the data are a dask array, so ``import ginseng`` never
-imports dask.
+Reading a file's rows lazily, and the zarr array the workers write into, are in
+:mod:`ginseng.tl._dask_io`. Nothing here is imported unless the data are a dask array,
+so ``import ginseng`` never imports dask.
 """
 
 from __future__ import annotations
@@ -334,69 +335,3 @@ def _regular_rows(matrix: Any) -> Any:
     if len(rows) <= 1 or (all(r == rows[0] for r in rows[:-1]) and rows[-1] <= rows[0]):
         return matrix
     return matrix.rechunk({0: max(rows)})
-
-
-def create_probability_array(group: Any, key: str, n_cells: int, n_labels: int, rows: int) -> None:
-    """An empty float32 ``obsm[key]`` array in anndata's encoding, chunked by ``rows``.
-
-    ``group`` is the zarr root of an AnnData store; the workers fill the array.
-    """
-    obsm = group["obsm"] if "obsm" in group else group.create_group("obsm")
-    if "encoding-type" not in obsm.attrs:
-        obsm.attrs.update({"encoding-type": "dict", "encoding-version": "0.1.0"})
-    if key in obsm:
-        del obsm[key]
-    array = obsm.create_array(
-        key,
-        shape=(n_cells, n_labels),
-        chunks=(max(1, min(rows, n_cells)), n_labels),
-        dtype=np.float32,
-        fill_value=0.0,
-    )
-    array.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
-
-
-def _read_rows(path: str, fmt: str, key: str, start: int, stop: int) -> Any:
-    """Rows ``start:stop`` of the matrix ``key`` of an ``.h5ad`` or ``.zarr`` file (CSR or dense)."""
-    from anndata.io import sparse_dataset
-
-    if fmt == "h5ad":
-        import h5py
-
-        with h5py.File(path, "r") as file:
-            elem = file[key]
-            if isinstance(elem, h5py.Group):
-                return sparse_dataset(elem)[start:stop].tocsr()
-            return np.asarray(elem[start:stop])
-    import zarr
-
-    elem = zarr.open_group(path, mode="r")[key]
-    if isinstance(elem, zarr.Group):
-        return sparse_dataset(elem)[start:stop].tocsr()
-    return np.asarray(elem[start:stop])
-
-
-def lazy_rows(path: str, fmt: str, key: str, shape: tuple[int, int], dtype: Any, rows: int) -> Any:
-    """The matrix ``key`` of the file at ``path`` as a dask array of ``rows``-row blocks.
-
-    Each block is read by the worker that classifies it, with anndata's sparse dataset
-    (a row slice reads only those rows), so the client reads no counts. Used for a path
-    given to ``classify`` while a ``distributed.Client`` is active.
-    """
-    import dask
-    import dask.array as da
-    import scipy.sparse as sp
-
-    n, n_vars = shape
-    read = dask.delayed(_read_rows, pure=True)
-    meta = sp.csr_matrix((0, n_vars), dtype=dtype)
-    blocks = [
-        da.from_delayed(
-            read(str(path), fmt, key, start, min(start + rows, n)),
-            shape=(min(start + rows, n) - start, n_vars),
-            dtype=dtype,
-            meta=meta,
-        )
-        for start in range(0, n, rows)
-    ]
-    return da.concatenate(blocks, axis=0)

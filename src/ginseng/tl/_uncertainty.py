@@ -18,7 +18,7 @@ from ..model.uncertainty import MIN_LABEL_CALIBRATION, Uncertainty, join_sets
 
 if TYPE_CHECKING:
     from ..model.state import GinsengModelState
-    from ._classify import ClassifyOptions
+    from ._options import ClassifyOptions
 
 
 def check_uncertainty(state: GinsengModelState, options: ClassifyOptions) -> None:

@@ -1,15 +1,15 @@
 """Highly variable genes from raw counts, computed chunk by chunk.
 
 The per-gene sums come from :mod:`ginseng.utils._hvg_stats` (row chunks, bounded
-memory); this module turns them into the selection scanpy's ``highly_variable_genes``
-makes (including the order of ties), and refits the seurat_v3 variance trend on the
-distinct means when skmisc's loess fit is singular (see :func:`select_hvgs`).
+memory); each flavor turns them into the selection scanpy's ``highly_variable_genes``
+makes (including the order of ties): :mod:`ginseng.utils._seurat_v3` (with the refit
+of the variance trend on the distinct means when skmisc's loess fit is singular, see
+:func:`select_hvgs`) and :mod:`ginseng.utils._seurat`. This module checks the
+arguments, runs the flavor and writes the selection into the AnnData.
 """
 
 from __future__ import annotations
 
-import math
-import warnings
 from typing import Any, Literal
 
 import numpy as np
@@ -21,12 +21,11 @@ from .._keys import UNS_KEY, VAR_GENES, VAR_HVG_RANK
 from .._logging import logger, timed
 from .._settings import settings
 from ..data import get_matrix, matrix_name
-from ._hvg_stats import ChunkReader, mean_var
+from ._hvg_stats import ChunkReader
+from ._seurat import seurat
+from ._seurat_v3 import seurat_v3
 
 _FLAVORS = ("seurat_v3", "seurat")
-_N_BINS = 20
-# Spans tried, after ``span`` itself, when the fit on distinct means fails too.
-_RETRY_SPANS = (0.5, 0.75, 1.0)
 
 
 def select_hvgs(
@@ -183,9 +182,9 @@ def select_hvgs(
         reader = ChunkReader(matrix, chunk_size, codes, len(batches), where, columns)
         names = adata.var_names if columns is None else adata.var_names[columns]
         if flavor == "seurat_v3":
-            table = _seurat_v3(reader, n_top_genes, span, batches)
+            table = _finish(*seurat_v3(reader, n_top_genes, span, batches))
         else:
-            table = _seurat(reader, n_top_genes, names)
+            table = _finish(*seurat(reader, n_top_genes, names))
     table.index = names.copy()
     if columns is not None:  # the other genes: not selected, no statistics
         table = table.reindex(adata.var_names)
@@ -246,182 +245,6 @@ def _mask_columns(adata: AnnData, mask_var: Any) -> np.ndarray | None:
             f"dtype {mask.dtype} and shape {mask.shape}."
         )
     return np.flatnonzero(mask)
-
-
-def _seurat_v3(reader: ChunkReader, n_top: int, span: float, batches: pd.Index) -> pd.DataFrame:
-    total, total_sq = reader.sums()
-    means, variances = mean_var(total.sum(0), total_sq.sum(0), int(reader.n_cells.sum()))
-    batch_means, reg_std = np.empty_like(total), np.empty_like(total)
-    for b, n in enumerate(reader.n_cells):
-        mean, var = mean_var(total[b], total_sq[b], int(n))
-        not_const = var > 0
-        fitted = np.zeros(reader.n_genes)
-        where = f"batch {batches[b]!r} ({n} cells)" if len(batches) > 1 else f"{n} cells"
-        fitted[not_const] = _variance_trend(
-            np.log10(mean[not_const]), np.log10(var[not_const]), span, where
-        )
-        batch_means[b], reg_std[b] = mean, np.sqrt(10**fitted)
-    clip = reg_std * np.sqrt(reader.n_cells)[:, None] + batch_means
-
-    clipped, clipped_sq = reader.sums(clip=clip)
-    n = reader.n_cells[:, None].astype(np.float64)
-    norm_vars = (1 / ((n - 1) * np.square(reg_std))) * (
-        (n * np.square(batch_means)) + clipped_sq - 2 * clipped * batch_means
-    )
-    # Rank within each batch (0 = most variable) with numpy's default sort, as scanpy,
-    # so exact ties fall the same way.
-    ranks = np.argsort(np.argsort(-norm_vars, axis=1), axis=1).astype(np.float32)
-    nbatches = (ranks < n_top).sum(axis=0)
-    ranks[ranks >= n_top] = np.nan
-    median_rank = np.ma.median(np.ma.masked_invalid(ranks), axis=0).filled(np.nan)
-    order = (
-        pd.DataFrame({"median_rank": median_rank, "nbatches": nbatches})
-        .sort_values(["median_rank", "nbatches"], ascending=[True, False], na_position="last")
-        .index.to_numpy()
-    )
-    table = pd.DataFrame(
-        {"means": means, "variances": variances, "variances_norm": norm_vars.mean(axis=0)}
-    )
-    if len(batches) > 1:
-        table["median_rank"] = median_rank
-    return _finish(table, order[:n_top], nbatches)
-
-
-def _loess(x: np.ndarray, y: np.ndarray, span: float, weights: np.ndarray | None) -> np.ndarray:
-    """Fitted values of skmisc's loess (``degree=2``); raises ValueError when singular."""
-    from skmisc.loess import loess
-
-    # skmisc crashes (rather than raising) when a local fit would get too few points.
-    if math.floor(span * x.size) < 3:
-        raise ValueError(f"too few points ({x.size}) for span={span}")
-    model = loess(x, y, span=span, degree=2, weights=weights)
-    model.fit()
-    return model.outputs.fitted_values
-
-
-def _reason(error: Exception) -> str:
-    """Return the message of a loess error (skmisc passes bytes)."""
-    arg = error.args[0] if error.args else error
-    return arg.decode(errors="replace") if isinstance(arg, bytes) else str(arg)
-
-
-def _variance_trend(
-    log_mean: np.ndarray, log_var: np.ndarray, span: float, where: str
-) -> np.ndarray:
-    """Loess fit of log variance on log mean, as scanpy; refit on distinct means if singular.
-
-    A local quadratic fit is singular when its window holds fewer than three distinct
-    means, which happens on real data when many genes share one mean (genes detected in
-    one or two cells with the same counts, more so in small batches). The refit collapses
-    the genes that share a mean into one point at their average log variance, weighted
-    by their number, with the same ``span`` over the distinct means, then with larger
-    spans (``_RETRY_SPANS``) if that fails too. Where no two genes share a mean the
-    refit is the plain fit, so it only changes the trend where scanpy's cannot be fitted.
-    """
-    failure = (
-        f"cannot fit variance on mean in {where}, {log_mean.size} genes with non-zero variance"
-    )
-    try:
-        return _loess(log_mean, log_var, span, None)
-    except (ValueError, ArithmeticError) as e:
-        first_error = f"span={span}: {_reason(e)}"
-    distinct, inverse, counts = np.unique(log_mean, return_inverse=True, return_counts=True)
-    avg_log_var = np.bincount(inverse, weights=log_var) / counts
-    n_tied = int(counts[counts > 1].sum())
-    errors = [first_error]
-    for retry_span in (span, *(s for s in _RETRY_SPANS if s > span)):
-        try:
-            fitted = _loess(distinct, avg_log_var, retry_span, counts.astype(np.float64))
-        except (ValueError, ArithmeticError) as e:
-            errors.append(f"distinct means, span={retry_span}: {_reason(e)}")
-            continue
-        logger.warning(
-            "select_hvgs: the loess fit of variance on mean in %s is singular (%s): %d of "
-            "%d genes share their mean with another gene, up to %d genes one mean. Refitted "
-            "on the %d distinct means (each weighted by its number of genes) with span=%g.",
-            where,
-            first_error,
-            n_tied,
-            log_mean.size,
-            int(counts.max()),
-            distinct.size,
-            retry_span,
-        )
-        return fitted[inverse]
-    raise InputError(f"{failure}, {distinct.size} distinct means: " + "; ".join(errors))
-
-
-def _dispersions(mean: np.ndarray, var: np.ndarray) -> pd.DataFrame:
-    """Scanpy's seurat dispersions, normalised within ``_N_BINS`` bins of mean."""
-    mean = mean.copy()
-    mean[mean == 0] = 1e-12
-    with np.errstate(divide="ignore", invalid="ignore"):
-        dispersion = var / mean
-        dispersion[dispersion == 0] = np.nan
-        dispersion = np.log(dispersion)
-    table = pd.DataFrame({"means": np.log1p(mean), "dispersions": dispersion})
-    bins = pd.cut(table["means"], bins=_N_BINS)
-    stats = table.groupby(bins, observed=True)["dispersions"].agg(avg="mean", dev="std")
-    # A gene alone in its bin has no spread: scanpy sets its normalised dispersion to 1.
-    alone = stats["dev"].isna()
-    stats.loc[alone, "dev"] = stats.loc[alone, "avg"]
-    stats.loc[alone, "avg"] = 0
-    stats = stats.reindex(bins.cat.categories)
-    codes = bins.cat.codes.to_numpy()
-    avg, dev = stats["avg"].to_numpy()[codes], stats["dev"].to_numpy()[codes]
-    table["dispersions_norm"] = (table["dispersions"].to_numpy() - avg) / dev
-    return table
-
-
-def _top_by_dispersion(dispersions_norm: np.ndarray, n_top: int) -> np.ndarray:
-    """Mask of genes at or above the ``n_top``-th highest normalised dispersion."""
-    finite = dispersions_norm[~np.isnan(dispersions_norm)]
-    if finite.size == 0:
-        raise InputError("No gene has a finite normalised dispersion (all variances are zero).")
-    if n_top > finite.size:
-        logger.warning(
-            "n_top_genes=%d > %d genes with a normalised dispersion; selecting those.",
-            n_top,
-            finite.size,
-        )
-        n_top = finite.size
-    cutoff = np.sort(finite)[::-1][n_top - 1]
-    return np.nan_to_num(dispersions_norm, nan=-np.inf) >= cutoff
-
-
-def _seurat(reader: ChunkReader, n_top: int, names: pd.Index) -> pd.DataFrame:
-    total, total_sq = reader.sums(normalise=True)
-    if reader.n_batches == 1:
-        mean, var = mean_var(total[0], total_sq[0], int(reader.n_cells[0]))
-        table = _dispersions(mean, var)
-        scores = np.nan_to_num(table["dispersions_norm"].to_numpy(), nan=-np.inf)
-        order = np.argsort(-scores, kind="stable")
-        n_selected = int(_top_by_dispersion(table["dispersions_norm"].to_numpy(), n_top).sum())
-        return _finish(table, order[:n_selected], np.zeros(reader.n_genes, dtype=int))
-
-    # As scanpy: each batch only ranks the genes it expresses; the others count as 0.
-    columns = ["means", "dispersions", "dispersions_norm"]
-    per_batch = np.zeros((reader.n_batches, len(columns), reader.n_genes))
-    nbatches = np.zeros(reader.n_genes, dtype=int)
-    for b, n in enumerate(reader.n_cells):
-        expressed = total[b] > 0
-        mean, var = mean_var(total[b, expressed], total_sq[b, expressed], int(n))
-        table = _dispersions(mean, var)
-        per_batch[b][:, expressed] = table[columns].to_numpy().T
-        nbatches[expressed] += _top_by_dispersion(table["dispersions_norm"].to_numpy(), n_top)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # genes NaN in every batch
-        table = pd.DataFrame(dict(zip(columns, np.nanmean(per_batch, axis=0), strict=True)))
-    # scanpy groups by gene name, which sorts the genes by name before the (stable)
-    # sort on batch count and dispersion: keep that tie order.
-    by_name = np.argsort(np.asarray(names, dtype=object), kind="stable")
-    keys = pd.DataFrame({"nbatches": nbatches, "dispersions_norm": table["dispersions_norm"]})
-    order = (
-        keys.iloc[by_name]
-        .sort_values(["nbatches", "dispersions_norm"], ascending=False, na_position="last")
-        .index.to_numpy()
-    )
-    return _finish(table, order[:n_top], nbatches)
 
 
 def _finish(table: pd.DataFrame, selected: np.ndarray, nbatches: np.ndarray) -> pd.DataFrame:
