@@ -193,6 +193,36 @@ def table(runs: list[dict]) -> str:
     return "\n".join(rows)
 
 
+def time_to_accuracy(runs: list[dict]) -> str:
+    """ginseng's training time and macro-F1 next to CellTypist's, per task (issue 13's view).
+
+    Means over the same seeds/folds; the ratio is ginseng's train seconds over
+    CellTypist's (below 1: ginseng trains faster), the difference ginseng's macro-F1
+    minus CellTypist's. Empty when the run lacks either method.
+    """
+    df = pd.DataFrame(runs)
+    if not {"ginseng", "celltypist"} <= set(df.get("method", [])):
+        return ""
+    rows = [
+        "Time to accuracy (each method's default training; means over the same splits):",
+        "",
+        "| task | ginseng train s | ginseng macro-F1 | CellTypist train s | CellTypist macro-F1 "
+        "| train time ratio | macro-F1 difference |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for task, g in df.groupby("task", sort=False):
+        ours, peer = g[g["method"] == "ginseng"], g[g["method"] == "celltypist"]
+        if ours.empty or peer.empty:
+            continue
+        t_ours, t_peer = ours["train_s"].mean(), peer["train_s"].mean()
+        f_ours, f_peer = ours["macro_f1"].mean(), peer["macro_f1"].mean()
+        rows.append(
+            f"| {task} | {t_ours:.1f} | {f_ours:.3f} | {t_peer:.1f} | {f_peer:.3f} "
+            f"| {t_ours / t_peer:.2f}x | {f_ours - f_peer:+.3f} |"
+        )
+    return "\n".join(rows)
+
+
 def _version(pkg: str) -> str:
     try:
         return version(pkg)
@@ -276,6 +306,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"note: skipping {s}", flush=True)
     runs = run(args, skipped)
     report = header(args, skipped) + "\n\n" + table(runs) + "\n"
+    if view := time_to_accuracy(runs):
+        report += "\n" + view + "\n"
     print("\n" + report)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
