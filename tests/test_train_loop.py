@@ -38,3 +38,18 @@ def test_diverged_training_is_refused_with_a_message_naming_lr(store):
     settings = GinsengClassifierTrainerSettings(**TINY, lr=1e30, normalize=False, standardize=False)
     with pytest.raises(InputError, match=r"diverged.*lr=1e\+30"):
         GinsengClassifierTrainer(store, settings).fit(2, progress=False)
+
+
+def test_history_records_the_seconds_spent_waiting_for_data(store):
+    epochs = 3
+    state = (
+        GinsengClassifierTrainer(store, GinsengClassifierTrainerSettings(**TINY))
+        .fit(epochs, progress=False)
+        .state
+    )
+    waits, seconds = state.history["data_wait_seconds"], state.history["seconds"]
+    assert len(waits) == len(seconds) == epochs
+    # Getting each batch (reading, densifying) takes time, but less than the epoch,
+    # which also trains and evaluates the holdout.
+    assert all(0 < wait < total for wait, total in zip(waits, seconds, strict=True))
+    assert sum(waits) < state.provenance["train_seconds"]

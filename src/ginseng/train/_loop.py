@@ -22,6 +22,7 @@ holdout pass and the reference pass of the uncertainty share one compiled
 from __future__ import annotations
 
 import math
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from functools import partial
@@ -51,7 +52,31 @@ HISTORY_COLUMNS = (
     "holdout_macro_f1",
     "lr",
     "seconds",
+    "data_wait_seconds",
 )
+
+
+class Waited:
+    """Iterate over ``items``, adding up in :attr:`seconds` the time spent getting each.
+
+    Wrapped around the training batches, it measures how long the loop waited for data
+    (reading ahead, densifying, the reader thread) rather than dispatching steps: the
+    ``data_wait_seconds`` of the history.
+    """
+
+    def __init__(self, items: Iterable[Any]) -> None:
+        self._items = iter(items)
+        self.seconds = 0.0
+
+    def __iter__(self) -> Waited:
+        return self
+
+    def __next__(self) -> Any:
+        start = time.perf_counter()
+        try:
+            return next(self._items)
+        finally:
+            self.seconds += time.perf_counter() - start
 
 
 class TrainState(NamedTuple):
@@ -230,7 +255,7 @@ def keep_best(best: Best, epoch: int, params: Any, holdout: Holdout) -> Best:
 
 
 def history_row(epoch: int, train_loss: float, holdout: Holdout, lr: float) -> dict[str, Any]:
-    """One epoch's entries of the history (all columns but ``seconds``)."""
+    """One epoch's entries of the history (all columns but the two timings)."""
     m = holdout.metrics
     return {
         "epoch": epoch,

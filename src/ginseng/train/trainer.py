@@ -29,6 +29,7 @@ from ._loop import (
     Best,
     Steps,
     TrainState,
+    Waited,
     calibrate,
     compile_steps,
     evaluate,
@@ -240,7 +241,7 @@ class GinsengClassifierTrainer:
         bar = progress_bar(epochs, desc="training", unit="epoch") if progress else None
         for epoch in epochs if bar is None else bar:
             t0 = time.perf_counter()
-            batches = dp.shard(self._train_batches(plan, stream_seeds[epoch - 1]))
+            batches = Waited(dp.shard(self._train_batches(plan, stream_seeds[epoch - 1])))
             state, train_loss = train_epoch(steps.train_step, state, batches, key)
             # Each process evaluates the whole holdout on its own copy of the parameters.
             local = state._replace(params=dp.local(state.params), rest=dp.local(state.rest))
@@ -248,6 +249,7 @@ class GinsengClassifierTrainer:
             best = keep_best(best, epoch, local.params, holdout)
             row = history_row(epoch, train_loss, holdout, float(lr_at(max(state.step - 1, 0))))
             row["seconds"] = time.perf_counter() - t0
+            row["data_wait_seconds"] = batches.seconds
             for column, value in row.items():
                 self.history[column].append(value)
             log_epoch(row, len(epochs), bar)
