@@ -53,7 +53,11 @@ def _features(
 
 
 def fit_reference_uncertainty(
-    state: GinsengModelState, dataset: GinsengDataset, *, features: Features | None = None
+    state: GinsengModelState,
+    dataset: GinsengDataset,
+    *,
+    features: Features | None = None,
+    holdout: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]] | None = None,
 ) -> Uncertainty:
     """Novelty statistics from training cells, reference quantiles and conformal scores from the holdout.
 
@@ -62,7 +66,9 @@ def fit_reference_uncertainty(
     ``features`` maps a batch of raw counts (``_BATCH`` rows, zero-padded) to the
     model's last hidden layer and logits; by default
     :meth:`~ginseng.model.GinsengModelState.predict_hidden_logits` (the trainer passes
-    its own compiled evaluation step, which computes the same).
+    its own compiled evaluation step, which computes the same). ``holdout`` returns the
+    holdout batches in store order (the trainer passes the ones it keeps in memory);
+    by default they are streamed from ``dataset``'s ``"test"`` split.
     """
     if features is None:
 
@@ -73,7 +79,10 @@ def fit_reference_uncertainty(
     train = _features(
         state, stream(_BATCH, "train", shuffle=False, drop_last=False), REFERENCE_CELLS, features
     )
-    holdout = _features(
-        state, stream(_BATCH, "test", shuffle=False, drop_last=False), 2**62, features
-    )
-    return fit_uncertainty((train[0], train[2]), holdout, state.n_labels, float(state.temperature))
+    if holdout is None:
+
+        def holdout() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+            return stream(_BATCH, "test", shuffle=False, drop_last=False)
+
+    held = _features(state, holdout(), 2**62, features)
+    return fit_uncertainty((train[0], train[2]), held, state.n_labels, float(state.temperature))
