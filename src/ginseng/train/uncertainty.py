@@ -33,18 +33,31 @@ def _features(
     limit: int,
     features: Features,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Hidden features, logits and labels of up to ``limit`` cells of ``batches``."""
+    """Hidden features, logits and labels of up to ``limit`` cells of ``batches``.
+
+    Each batch's forward pass is dispatched before the previous one's results are
+    copied back, so that reading the next batch overlaps with computing this one.
+    """
     hidden, logits, labels = [], [], []
+    in_flight: tuple[Any, Any, int] | None = None
+
+    def collect(h: Any, z: Any, m: int) -> None:
+        hidden.append(np.asarray(h)[:m])
+        logits.append(np.asarray(z)[:m])
+
     seen = 0
     for x, y in batches:
         m = min(len(y), limit - seen)
         h, z = features(pad_rows(np.asarray(x[:m], np.float32), _BATCH))
-        hidden.append(np.asarray(h)[:m])
-        logits.append(np.asarray(z)[:m])
+        if in_flight is not None:
+            collect(*in_flight)
+        in_flight = (h, z, m)
         labels.append(np.asarray(y[:m]))
         seen += m
         if seen >= limit:
             break
+    if in_flight is not None:
+        collect(*in_flight)
     width = int(state.config["hidden_dim"])
     if not labels:
         empty = np.zeros((0, width), np.float32)
