@@ -5,7 +5,9 @@ sample of cells; reading whole blocks keeps disk access sequential. Blocks are v
 in random order and gathered into a buffer that is shuffled (or, when balancing labels,
 resampled with weights inversely proportional to label frequency) before batches are
 cut from it. The next buffer is read in a background thread while the current one is
-consumed, since decompression releases the GIL.
+consumed, since decompression releases the GIL (``ginseng.settings.reader_threads``
+threads read as many buffers ahead; the random draws stay in buffer order, so the
+batches do not depend on it).
 
 :func:`stream` is :meth:`ginseng.data.GinsengDataset.stream`: the class takes it as a
 method, so its documentation lives here, next to the streaming it describes.
@@ -240,6 +242,8 @@ def stream(
     buffer of at least ``buffer_size`` cells, which is shuffled before batches are
     cut from it; rows were already shuffled when the store was written, so batches
     are near-iid even for label-sorted sources. Memory is bounded by the buffer.
+    The next buffers are read in the background by ``ginseng.settings.reader_threads``
+    threads (one by default), one buffer each; the batches are the same for any number.
 
     Parameters
     ----------
