@@ -376,6 +376,39 @@ def test_stream_is_deterministic_given_seed(tmp_path):
     assert not np.array_equal(np.concatenate(first), np.concatenate(other))
 
 
+@pytest.mark.parametrize("balance_labels", [False, True])
+def test_stream_batches_do_not_depend_on_reader_threads(tmp_path, monkeypatch, balance_labels):
+    # Several reader threads read buffers concurrently; the shuffle and resampling
+    # draws stay in buffer order, so every batch is the one a single thread gives.
+    adata = make_counts(n_cells=1500, proportions=[0.6, 0.3, 0.1])
+    ds = GinsengDataset.create(tmp_path / "s.zarr", adata, "cell_type", chunk_size=300)
+    ds.make_split(fraction=0.1)
+    kw = {"batch_size": 64, "balance_labels": balance_labels, "seed": 3}
+    kw |= {"drop_last": False, "block_size": 100, "buffer_size": 200}
+    runs = {}
+    for threads in (1, 2, 3):
+        monkeypatch.setattr(gs.settings, "reader_threads", threads)
+        runs[threads] = list(ds.stream(**kw))
+    assert len(runs[1]) == -(-ds.splits["train"].size // 64)  # the last batch partial
+    for threads in (2, 3):
+        assert len(runs[threads]) == len(runs[1])
+        for (x1, y1), (x, y) in zip(runs[1], runs[threads], strict=True):
+            np.testing.assert_array_equal(x, x1)
+            np.testing.assert_array_equal(y, y1)
+    if not balance_labels:  # still each training cell once
+        seen = np.concatenate([x[:, 0] for x, _ in runs[2]]).astype(int)
+        np.testing.assert_array_equal(np.sort(seen), np.sort(ds.cell_index[ds._rows("train")]))
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, "2"])
+def test_reader_threads_must_be_a_positive_integer(value):
+    with pytest.raises(
+        InputError, match=rf"reader_threads must be a positive integer, got {value!r}"
+    ):
+        gs.settings.reader_threads = value
+    assert gs.settings.reader_threads == 1
+
+
 def test_shuffled_batches_from_sorted_source_are_mixed(tmp_path):
     adata = make_counts(n_cells=4000, n_types=4)  # rows sorted by label
     ds = GinsengDataset.create(tmp_path / "s.zarr", adata, "cell_type", chunk_size=500)

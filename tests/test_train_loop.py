@@ -38,3 +38,53 @@ def test_diverged_training_is_refused_with_a_message_naming_lr(store):
     settings = GinsengClassifierTrainerSettings(**TINY, lr=1e30, normalize=False, standardize=False)
     with pytest.raises(InputError, match=r"diverged.*lr=1e\+30"):
         GinsengClassifierTrainer(store, settings).fit(2, progress=False)
+
+
+def test_history_records_the_seconds_spent_waiting_for_data(store):
+    epochs = 3
+    state = (
+        GinsengClassifierTrainer(store, GinsengClassifierTrainerSettings(**TINY))
+        .fit(epochs, progress=False)
+        .state
+    )
+    waits, seconds = state.history["data_wait_seconds"], state.history["seconds"]
+    assert len(waits) == len(seconds) == epochs
+    # Getting each batch (reading, densifying) takes time, but less than the epoch,
+    # which also trains and evaluates the holdout.
+    assert all(0 < wait < total for wait, total in zip(waits, seconds, strict=True))
+    assert sum(waits) < state.provenance["train_seconds"]
+
+
+def _fit_counting_holdout_reads(store, monkeypatch, epochs):
+    """Fit, counting the streams of the holdout ("test") split."""
+    reads = []
+    stream = GinsengDataset.stream
+
+    def counted(self, *args, **kwargs):
+        split = args[1] if len(args) > 1 else kwargs.get("split", "train")
+        reads.append(split)
+        return stream(self, *args, **kwargs)
+
+    monkeypatch.setattr(GinsengDataset, "stream", counted)
+    settings = GinsengClassifierTrainerSettings(**TINY)
+    state = GinsengClassifierTrainer(store, settings).fit(epochs, progress=False).state
+    monkeypatch.undo()
+    return state, reads.count("test")
+
+
+def test_holdout_kept_in_memory_gives_the_streamed_results(store, monkeypatch):
+    import ginseng.train.trainer as trainer_module
+
+    epochs = 3
+    kept, kept_reads = _fit_counting_holdout_reads(store, monkeypatch, epochs)
+    monkeypatch.setattr(trainer_module, "HOLDOUT_KEEP_BYTES", 0)  # nothing fits: stream
+    streamed, streamed_reads = _fit_counting_holdout_reads(store, monkeypatch, epochs)
+    # Read once instead of once per epoch and once more for the uncertainty statistics.
+    assert (kept_reads, streamed_reads) == (1, epochs + 1)
+    for column in ("train_loss", "holdout_loss", "holdout_accuracy", "holdout_macro_f1"):
+        assert kept.history[column] == streamed.history[column], column
+    assert kept.metrics == streamed.metrics
+    for name, value in streamed.params.items():
+        np.testing.assert_array_equal(kept.params[name], value, err_msg=name)
+    for name, value in streamed.uncertainty.arrays().items():
+        np.testing.assert_array_equal(kept.uncertainty.arrays()[name], value, err_msg=name)

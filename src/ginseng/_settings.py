@@ -33,6 +33,10 @@ class GinsengSettings:
         memory of chunked work grows with it, not with the number of cells.
     cache_dir
         Where files given by URL are downloaded to (once).
+    reader_threads
+        Threads that read and decode a store's next buffers while training consumes
+        the current one (:meth:`ginseng.data.GinsengDataset.stream`); each holds one
+        buffer ahead. The batches are the same whatever the number.
 
     Examples
     --------
@@ -43,7 +47,7 @@ class GinsengSettings:
     >>> gs.settings.progress_bar = False
     >>> gs.settings.chunk_size = 5_000
     >>> gs.settings  # doctest: +ELLIPSIS
-    GinsengSettings(verbosity=2, progress_bar=False, chunk_size=5000, cache_dir=...)
+    GinsengSettings(verbosity=2, progress_bar=False, chunk_size=5000, cache_dir=..., reader_threads=1)
 
     Values are checked when set:
 
@@ -57,6 +61,7 @@ class GinsengSettings:
     progress_bar: bool = True
     chunk_size: int = 10_000
     cache_dir: Path = field(default_factory=_default_cache_dir)
+    reader_threads: int = 1
 
     @property
     def verbosity(self) -> int:
@@ -74,14 +79,15 @@ class GinsengSettings:
     def __setattr__(self, name: str, value) -> None:
         if name == "cache_dir":
             value = Path(value).expanduser()
-        elif name == "chunk_size":
-            value = positive_int("chunk_size", value)
+        elif name in ("chunk_size", "reader_threads"):
+            value = positive_int(name, value)
         super().__setattr__(name, value)
 
     def __repr__(self) -> str:
         return (
             f"GinsengSettings(verbosity={self.verbosity}, progress_bar={self.progress_bar}, "
-            f"chunk_size={self.chunk_size}, cache_dir={str(self.cache_dir)!r})"
+            f"chunk_size={self.chunk_size}, cache_dir={str(self.cache_dir)!r}, "
+            f"reader_threads={self.reader_threads})"
         )
 
 

@@ -22,14 +22,16 @@ holdout pass and the reference pass of the uncertainty share one compiled
 from __future__ import annotations
 
 import math
+import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 import optax
+import scipy.sparse as sp
 from flax import nnx
 
 from .._logging import logger
@@ -51,7 +53,71 @@ HISTORY_COLUMNS = (
     "holdout_macro_f1",
     "lr",
     "seconds",
+    "data_wait_seconds",
 )
+
+
+class Waited:
+    """Iterate over ``items``, adding up in :attr:`seconds` the time spent getting each.
+
+    Wrapped around the training batches, it measures how long the loop waited for data
+    (reading ahead, densifying, the reader thread) rather than dispatching steps: the
+    ``data_wait_seconds`` of the history.
+    """
+
+    def __init__(self, items: Iterable[Any]) -> None:
+        self._items = iter(items)
+        self.seconds = 0.0
+
+    def __iter__(self) -> Waited:
+        return self
+
+    def __next__(self) -> Any:
+        start = time.perf_counter()
+        try:
+            return next(self._items)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+
+class KeptBatches:
+    """Batches of a stream, kept in memory (sparse) after the first pass if they fit.
+
+    Calling it yields the batches: the first time from ``stream()``, keeping a CSR copy
+    of each; afterwards from that copy, densified one batch at a time (the same float32
+    values). When the copy would exceed ``budget`` bytes, nothing is kept and every call
+    streams again. A pass stopped early keeps nothing either.
+    """
+
+    def __init__(self, stream: Callable[[], Batches], budget: int) -> None:
+        self._stream, self._budget = stream, budget
+        self._kept: list[tuple[sp.csr_matrix, np.ndarray]] | None = None
+        self._fits = True
+
+    @property
+    def kept(self) -> bool:
+        """Whether the batches are in memory."""
+        return self._kept is not None
+
+    def __call__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        if self._kept is not None:
+            for x, y in self._kept:
+                yield x.toarray(), y
+            return
+        kept: list[tuple[sp.csr_matrix, np.ndarray]] = []
+        size = 0
+        for x, y in self._stream():
+            if self._fits:
+                sparse = sp.csr_matrix(x)
+                size += sum(a.nbytes for a in (sparse.data, sparse.indices, sparse.indptr, y))
+                self._fits = size <= self._budget
+                if self._fits:
+                    kept.append((sparse, y))
+                else:
+                    kept.clear()
+            yield x, y
+        if self._fits:
+            self._kept = kept
 
 
 class TrainState(NamedTuple):
@@ -230,7 +296,7 @@ def keep_best(best: Best, epoch: int, params: Any, holdout: Holdout) -> Best:
 
 
 def history_row(epoch: int, train_loss: float, holdout: Holdout, lr: float) -> dict[str, Any]:
-    """One epoch's entries of the history (all columns but ``seconds``)."""
+    """One epoch's entries of the history (all columns but the two timings)."""
     m = holdout.metrics
     return {
         "epoch": epoch,

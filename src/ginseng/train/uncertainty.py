@@ -33,18 +33,31 @@ def _features(
     limit: int,
     features: Features,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Hidden features, logits and labels of up to ``limit`` cells of ``batches``."""
+    """Hidden features, logits and labels of up to ``limit`` cells of ``batches``.
+
+    Each batch's forward pass is dispatched before the previous one's results are
+    copied back, so that reading the next batch overlaps with computing this one.
+    """
     hidden, logits, labels = [], [], []
+    in_flight: tuple[Any, Any, int] | None = None
+
+    def collect(h: Any, z: Any, m: int) -> None:
+        hidden.append(np.asarray(h)[:m])
+        logits.append(np.asarray(z)[:m])
+
     seen = 0
     for x, y in batches:
         m = min(len(y), limit - seen)
         h, z = features(pad_rows(np.asarray(x[:m], np.float32), _BATCH))
-        hidden.append(np.asarray(h)[:m])
-        logits.append(np.asarray(z)[:m])
+        if in_flight is not None:
+            collect(*in_flight)
+        in_flight = (h, z, m)
         labels.append(np.asarray(y[:m]))
         seen += m
         if seen >= limit:
             break
+    if in_flight is not None:
+        collect(*in_flight)
     width = int(state.config["hidden_dim"])
     if not labels:
         empty = np.zeros((0, width), np.float32)
@@ -53,7 +66,11 @@ def _features(
 
 
 def fit_reference_uncertainty(
-    state: GinsengModelState, dataset: GinsengDataset, *, features: Features | None = None
+    state: GinsengModelState,
+    dataset: GinsengDataset,
+    *,
+    features: Features | None = None,
+    holdout: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]] | None = None,
 ) -> Uncertainty:
     """Novelty statistics from training cells, reference quantiles and conformal scores from the holdout.
 
@@ -62,7 +79,9 @@ def fit_reference_uncertainty(
     ``features`` maps a batch of raw counts (``_BATCH`` rows, zero-padded) to the
     model's last hidden layer and logits; by default
     :meth:`~ginseng.model.GinsengModelState.predict_hidden_logits` (the trainer passes
-    its own compiled evaluation step, which computes the same).
+    its own compiled evaluation step, which computes the same). ``holdout`` returns the
+    holdout batches in store order (the trainer passes the ones it keeps in memory);
+    by default they are streamed from ``dataset``'s ``"test"`` split.
     """
     if features is None:
 
@@ -73,7 +92,10 @@ def fit_reference_uncertainty(
     train = _features(
         state, stream(_BATCH, "train", shuffle=False, drop_last=False), REFERENCE_CELLS, features
     )
-    holdout = _features(
-        state, stream(_BATCH, "test", shuffle=False, drop_last=False), 2**62, features
-    )
-    return fit_uncertainty((train[0], train[2]), holdout, state.n_labels, float(state.temperature))
+    if holdout is None:
+
+        def holdout() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+            return stream(_BATCH, "test", shuffle=False, drop_last=False)
+
+    held = _features(state, holdout(), 2**62, features)
+    return fit_uncertainty((train[0], train[2]), held, state.n_labels, float(state.temperature))
