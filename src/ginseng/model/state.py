@@ -95,7 +95,9 @@ class GinsengModelState:
         calibrated ECE on groups the network never saw).
     history
         Per-epoch record as columns (``epoch``, ``train_loss``, ``holdout_loss``,
-        ``holdout_accuracy``, ``holdout_macro_f1``, ``lr``, ``seconds``);
+        ``holdout_accuracy``, ``holdout_macro_f1``, ``lr``, ``seconds``,
+        ``data_wait_seconds``: the part of ``seconds`` spent waiting for the next
+        batch; absent from models trained before it was recorded);
         ``pandas.DataFrame(history)`` gives a table.
     settings
         The :class:`~ginseng.train.GinsengClassifierTrainerSettings` used for training.
