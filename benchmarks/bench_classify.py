@@ -36,8 +36,10 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from _common import CACHE, peak_rss_mb, publish, run_child, synthetic_h5ad, synthetic_zarr
@@ -165,19 +167,16 @@ def child_profile(query: str, model_path: str, repeats: str = "3") -> dict:
     from ginseng.data.io import load_model
     from ginseng.model.network import first_linear_sparse
     from ginseng.model.uncertainty import novelty_scores
-    from ginseng.tl._query import open_query
     from ginseng.tl.kernel import align_genes, calibrated_proba, check_chunk, iter_row_chunks
 
     gs.settings.progress_bar = False
     chunk_size = gs.settings.chunk_size
     state = load_model(model_path)
-    opened = open_query(query, None)
-    alignment = align_genes(state.genes, opened.adata.var)
+    opened = _open_counts(query)
+    alignment = align_genes(state.genes, opened.var)
     missing = alignment.missing if alignment.missing.any() else None
     # Compile the forward pass for the shapes the chunks use.
-    for _, chunk in iter_row_chunks(
-        opened.matrix[: min(chunk_size, opened.adata.n_obs)], chunk_size
-    ):
+    for _, chunk in iter_row_chunks(opened.matrix[: min(chunk_size, opened.n_obs)], chunk_size):
         state.predict_hidden_logits(alignment.take(chunk), missing=missing)
 
     def read_floor() -> float:
@@ -227,7 +226,7 @@ def child_profile(query: str, model_path: str, repeats: str = "3") -> dict:
         t.pop("forward (first layer + network)") - t["first layer (sparse)"]
     )
     return {
-        "n_cells": opened.adata.n_obs,
+        "n_cells": opened.n_obs,
         "format": opened.fmt,
         "chunk_size": chunk_size,
         "read_floor_s": statistics.median(floors),
@@ -238,6 +237,31 @@ def child_profile(query: str, model_path: str, repeats: str = "3") -> dict:
         "load": os.getloadavg(),
         "peak_rss_mb": peak_rss_mb(),
     }
+
+
+@dataclass
+class _Counts:
+    """A query's counts left on disk, with its var (what classify reads of it)."""
+
+    matrix: Any
+    var: Any
+    n_obs: int
+    fmt: str
+
+
+def _open_counts(path: str) -> _Counts:
+    """The counts of an .h5ad (backed) or AnnData .zarr file, read as classify reads them."""
+    if path.endswith(".zarr"):
+        import zarr
+        from anndata.io import read_elem, sparse_dataset
+
+        group = zarr.open_group(path, mode="r")
+        matrix = sparse_dataset(group["X"])
+        return _Counts(matrix, read_elem(group["var"]), matrix.shape[0], "zarr")
+    from ginseng.data.io import read_adata
+
+    backed = read_adata(path, backed="r")
+    return _Counts(backed.X, backed.var, backed.n_obs, "h5ad")
 
 
 def _run(step: str, *args: str) -> dict:
