@@ -291,3 +291,41 @@ def test_failed_worker_write_leaves_the_store_as_it_was(client, toy_trained, que
     assert sorted(str(p.relative_to(path)) for p in path.rglob("*")) == before
     assert "ginseng_probabilities" not in zarr.open_group(path, mode="r").get("obsm", {})
     assert [p.name for p in tmp_path.iterdir() if "ginseng-" in p.name] == []
+
+
+@pytest.mark.parametrize("scheduler", ["threads", "distributed"])
+def test_an_error_is_raised_only_once_no_task_still_runs(scheduler, request, tmp_path):
+    """A task still writing when another fails finishes before the error reaches us.
+
+    Otherwise a worker could write into a staged copy that the failed update has
+    already removed (test_failed_worker_write_leaves_the_store_as_it_was, under load).
+    """
+    import time
+
+    import dask
+
+    from ginseng.tl._dask_io import compute_settled
+
+    marker = tmp_path / "written"
+
+    def write_late(path: str) -> int:
+        time.sleep(0.5)  # still running when the other task fails
+        with open(path, "w") as fh:
+            fh.write("late")
+        return 1
+
+    def fail_now(_: int) -> int:
+        raise InputError("block 0 failed")
+
+    late, bad = dask.delayed(write_late)(str(marker)), dask.delayed(fail_now)(0)
+    if scheduler == "distributed":
+        request.getfixturevalue("client")
+        context = dask.config.set(scheduler="dask.distributed")
+    else:
+        context = dask.config.set(scheduler="threads")
+    with context, pytest.raises(InputError, match="block 0 failed"):
+        compute_settled(late, bad)
+    assert marker.read_text() == "late"
+    # Without errors it is dask.compute.
+    with context:
+        assert compute_settled(dask.delayed(sum)([1, 2])) == (3,)

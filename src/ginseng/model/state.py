@@ -130,8 +130,8 @@ class GinsengModelState:
       labels (10): CD4+/CD25 T Reg, CD4+/CD45RA+/CD25- Naive T, ...
       genes: 765 (first: HES4, TNFRSF4, SSU72)
       network: 2 x 32 hidden (gelu), ...
-    >>> sorted(state.history)[:3]
-    ['epoch', 'holdout_accuracy', 'holdout_loss']
+    >>> list(state.history)[:3]
+    ['epoch', 'train_loss', 'holdout_loss']
 
     Predictions for a matrix of raw counts whose columns are the model's genes
     (:func:`ginseng.tl.classify` matches an AnnData's genes by name):

@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from .._errors import InputError
+from ._dask_io import compute_settled
 from .kernel import CountCheck, classify_chunk
 
 if TYPE_CHECKING:
@@ -300,7 +301,7 @@ def classify_dask(
             meta=np.empty((0, 0, 0), np.int64),
         ).sum(axis=0)
         wanted.append(table)
-    computed = dask.compute(*wanted)
+    computed = compute_settled(*wanted)
     values = np.asarray(computed[0])
     codes = values[:, _CODE].astype(np.int32)
     confidence = values[:, _CONF].astype(np.float32)

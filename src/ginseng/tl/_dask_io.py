@@ -3,8 +3,9 @@
 :func:`lazy_rows` presents the counts of an ``.h5ad`` or ``.zarr`` file as a dask
 array whose blocks each worker reads for itself (the client reads no counts), and
 :func:`create_probability_array` creates the empty ``obsm`` array, in anndata's
-encoding, that the workers of :func:`ginseng.tl._dask.classify_dask` fill. Nothing here
-imports dask, h5py or zarr before it is called.
+encoding, that the workers of :func:`ginseng.tl._dask.classify_dask` fill;
+:func:`compute_settled` computes so that no task still writes once an error is raised.
+Nothing here imports dask, h5py or zarr before it is called.
 """
 
 from __future__ import annotations
@@ -12,6 +13,41 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
+
+def compute_settled(*collections: Any) -> tuple[Any, ...]:
+    """``dask.compute(*collections)``, raising a task's error only once no task still runs.
+
+    dask raises the first error while other tasks keep running; those writing the
+    probabilities into a staged copy of the user's store would then write into it after
+    the failed update removed it, leaving a half-written copy behind. Here, with a
+    distributed client every task is waited for (``distributed.wait``), and with the
+    local threaded scheduler the thread pool is shut down, waiting for running tasks,
+    before the error propagates. Other schedulers run as ``dask.compute`` does.
+    """
+    import dask
+    import dask.threaded
+    from dask.base import get_scheduler
+
+    scheduler = get_scheduler(collections=collections)
+    client = getattr(scheduler, "__self__", None)
+    if client is not None and hasattr(client, "compute") and hasattr(client, "gather"):
+        from distributed import wait
+
+        futures = client.compute(list(collections))
+        wait(futures)  # finished, errors included
+        return tuple(client.gather(futures))
+    if scheduler is dask.threaded.get:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from dask.system import CPU_COUNT
+
+        pool = ThreadPoolExecutor(max_workers=CPU_COUNT, thread_name_prefix="ginseng-dask")
+        try:
+            return tuple(dask.compute(*collections, scheduler="threads", pool=pool))
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+    return tuple(dask.compute(*collections))
 
 
 def create_probability_array(group: Any, key: str, n_cells: int, n_labels: int, rows: int) -> None:
