@@ -35,15 +35,16 @@ Methods, each run in its own process (clean memory and timings), one at a time:
   never enters ginseng's environment::
 
       python3.11 -m venv /work/venv-scvi
-      /work/venv-scvi/bin/pip install "scvi-tools==1.4.2" psutil
+      /work/venv-scvi/bin/pip install "scvi-tools==1.4.2"   # brings torch, anndata
       python benchmarks/bench_transfer.py --methods scanvi --scvi-python /work/venv-scvi/bin/python --append
 
-  The bench's child (in the bench environment) writes nothing new: it starts
-  ``<scvi-python> bench_transfer.py --scvi-worker DIR`` on the cached task files, reads
-  back the query's probabilities and scores them with ``peers.metrics`` as every other
-  method. A ``scanvi_e<N>`` method is the same with SCVI capped at N epochs
+  The bench's child (in the bench environment) starts ``<scvi-python>
+  bench_transfer.py --scvi-worker DIR`` on the cached task files, reads back the query's
+  probabilities and scores them with ``peers.metrics`` as every other method. A ``scanvi_e<N>`` method is the same with SCVI capped at N epochs
   (``--scvi-max-epochs N``; SCANVI keeps its default), for runs that defaults make too
-  long.
+  long: on the shared 2-core machine, niced, the defaults took 706-898 CPU-seconds on
+  ``pbmc_liu1k_to_68k`` but ran at 58-74 s per SCVI epoch on the pancreas tasks (about
+  7 h for 400), whose recorded runs are therefore ``scanvi_e20``.
 
 Results: ``benchmarks/results/transfer.md`` (table headed by the exact command) and
 ``transfer_runs.json`` (every run, failures included), rewritten after every run.
