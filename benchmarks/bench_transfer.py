@@ -42,7 +42,7 @@ Methods, each run in its own process (clean memory and timings), one at a time:
   bench_transfer.py --scvi-worker DIR`` on the cached task files, reads back the query's
   probabilities and scores them with ``peers.metrics`` as every other method. A ``scanvi_e<N>`` method is the same with SCVI capped at N epochs
   (``--scvi-max-epochs N``; SCANVI keeps its default), for runs that defaults make too
-  long: on the shared 2-core machine, niced, the defaults took 706-898 CPU-seconds on
+  long: on the shared 2-core machine, niced, the defaults took 423-898 CPU-seconds on
   ``pbmc_liu1k_to_68k`` but ran at 58-74 s per SCVI epoch on the pancreas tasks (about
   7 h for 400), whose recorded runs are therefore ``scanvi_e20``.
 
