@@ -34,9 +34,9 @@ Methods, each run in its own process (clean memory and timings), one at a time:
   ``--scvi-python`` (skipped, with a message, when that is not given), so scvi-tools
   never enters ginseng's environment::
 
-      python3.11 -m venv /work/venv-scvi
-      /work/venv-scvi/bin/pip install "scvi-tools==1.4.2"   # brings torch, anndata
-      python benchmarks/bench_transfer.py --methods scanvi --scvi-python /work/venv-scvi/bin/python --append
+      python3.11 -m venv ~/venvs/scvi
+      ~/venvs/scvi/bin/pip install "scvi-tools==1.4.2"   # brings torch, anndata
+      python benchmarks/bench_transfer.py --methods scanvi --scvi-python ~/venvs/scvi/bin/python --append
 
   The bench's child (in the bench environment) starts ``<scvi-python>
   bench_transfer.py --scvi-worker DIR`` on the cached task files, reads back the query's
@@ -55,7 +55,7 @@ Examples
     python benchmarks/bench_transfer.py --tasks panc_mouse_to_human --seeds 0
     python benchmarks/bench_transfer.py --methods ginseng logreg
     nice -n 10 python benchmarks/bench_transfer.py --tasks pbmc_liu1k_to_68k --seeds 0 \
-        --methods scanvi --scvi-python /work/venv-scvi/bin/python --append
+        --methods scanvi --scvi-python ~/venvs/scvi/bin/python --append
 """
 
 from __future__ import annotations
