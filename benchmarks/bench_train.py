@@ -199,17 +199,14 @@ def child_floor(config_json: str, settings_json: str, batch: str, steps: str, de
     import jax.numpy as jnp
 
     from ginseng.model.network import build_model
-    from ginseng.train import GinsengClassifierTrainer, GinsengClassifierTrainerSettings
-    from ginseng.train._loop import compile_steps, split_params
+    from ginseng.train import GinsengClassifierTrainerSettings
+    from ginseng.train._loop import compile_steps, optimizer, schedule, split_params
     from ginseng.train.augment import Augmentation
 
     config = json.loads(config_json)
     settings = GinsengClassifierTrainerSettings.from_json(settings_json)
     batch, steps, pool = int(batch), int(steps), 8
-    # The trainer's schedule and optimiser (they only read the settings).
-    trainer = GinsengClassifierTrainer.__new__(GinsengClassifierTrainer)
-    trainer.settings = settings
-    tx = trainer._optimizer(trainer._schedule(steps))
+    tx = optimizer(settings, schedule(settings, steps))  # the trainer's own
     rng = np.random.default_rng(0)
     lam = -np.log1p(-float(density))  # Poisson counts non-zero with the data's density
     xs = jax.device_put(rng.poisson(lam, (pool, batch, config["n_genes"])).astype(np.float32))

@@ -1,5 +1,7 @@
 """The pieces of the training loop, shaped as in flax's examples.
 
+- :func:`schedule` and :func:`optimizer`: the learning-rate schedule and AdamW, from
+  the settings alone;
 - :func:`compile_steps`: the jitted ``train_step`` (one optimiser step on one batch)
   and ``eval_step`` (last hidden layer and logits of one batch), over the split model
   state;
@@ -35,6 +37,7 @@ import scipy.sparse as sp
 from flax import nnx
 
 from .._logging import logger
+from .._trainer_settings import GinsengClassifierTrainerSettings
 from .augment import Augmentation
 from .calibration import calibration_report, classification_metrics
 
@@ -118,6 +121,38 @@ class KeptBatches:
             yield x, y
         if self._fits:
             self._kept = kept
+
+
+# Learning-rate warmup: this fraction of all steps, at most WARMUP_MAX steps.
+WARMUP_FRACTION = 0.05
+WARMUP_MAX = 500
+
+
+def schedule(settings: GinsengClassifierTrainerSettings, total_steps: int) -> optax.Schedule:
+    """Linear warmup to ``settings.lr``, then cosine decay to a hundredth of it."""
+    warmup = max(1, min(WARMUP_MAX, int(WARMUP_FRACTION * total_steps)))
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0,
+        peak_value=settings.lr,
+        warmup_steps=warmup,
+        decay_steps=max(total_steps, warmup + 1),
+        end_value=settings.lr / 100,
+    )
+
+
+def optimizer(
+    settings: GinsengClassifierTrainerSettings, lr: optax.Schedule
+) -> optax.GradientTransformation:
+    """AdamW with the settings' betas, eps and weight decay, following ``lr``."""
+    # Decay weight matrices only: decaying LayerNorm scales and biases only hurts.
+    return optax.adamw(
+        lr,
+        b1=settings.betas[0],
+        b2=settings.betas[1],
+        eps=settings.eps,
+        weight_decay=settings.weight_decay,
+        mask=lambda params: jax.tree.map(lambda p: p.ndim > 1, params),
+    )
 
 
 class TrainState(NamedTuple):

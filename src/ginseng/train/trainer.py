@@ -6,7 +6,6 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict
 
 import jax
@@ -19,9 +18,8 @@ from .._logging import logger
 from .._logging import progress as progress_bar
 from .._trainer_settings import GinsengClassifierTrainerSettings
 from .._validate import positive_int
-from ..logging import versions
 from ..model.network import GinsengClassifier, flat_params, gene_statistics, network_config
-from ..model.state import GinsengModelState, data_fingerprint
+from ..model.state import GinsengModelState
 from ._devices import DataParallel
 from ._loop import (
     EVAL_BATCH,
@@ -38,9 +36,12 @@ from ._loop import (
     host_copy,
     keep_best,
     log_epoch,
+    optimizer,
+    schedule,
     split_params,
     train_epoch,
 )
+from ._provenance import training_provenance
 from .augment import Augmentation
 from .calibration import holdout_split
 from .uncertainty import fit_reference_uncertainty
@@ -56,9 +57,6 @@ STATS_CELLS = 50_000
 # streaming them decodes the whole store: at 100k cells x 2k genes 0.45 s an epoch,
 # a tenth of the epoch's training, for 10k cells that take ~50 MB kept.
 HOLDOUT_KEEP_BYTES = 128 * 2**20
-# Learning-rate warmup: this fraction of all steps, at most WARMUP_MAX steps.
-WARMUP_FRACTION = 0.05
-WARMUP_MAX = 500
 
 
 class _StreamBuffers(TypedDict):
@@ -209,8 +207,8 @@ class GinsengClassifierTrainer:
         rng = np.random.default_rng(self.settings.seed)
         stream_seeds = rng.integers(0, 2**63, size=(epochs, plan.passes))
         model = self._init_model(plan.batch_size, stats_seed=int(rng.integers(0, 2**63)))
-        schedule = self._schedule(epochs * plan.steps_per_epoch)
-        tx = self._optimizer(schedule)
+        lr = schedule(self.settings, epochs * plan.steps_per_epoch)
+        tx = optimizer(self.settings, lr)
         graphdef, params, rest = split_params(model)
         steps = compile_steps(graphdef, tx, Augmentation.from_settings(self.settings))
         eval_step = steps.eval_step
@@ -218,7 +216,7 @@ class GinsengClassifierTrainer:
         # One compiled init, not one eager zeros kernel per parameter shape.
         opt_state = jax.jit(tx.init)(params)
         state = TrainState(*plan.devices.replicate((params, opt_state, rest)))
-        state, best = self._train(steps, state, schedule, plan, stream_seeds, holdout, progress)
+        state, best = self._train(steps, state, lr, plan, stream_seeds, holdout, progress)
         best_params = jax.device_put(best.params)
 
         def features(x: np.ndarray) -> tuple[jax.Array, jax.Array]:
@@ -302,7 +300,7 @@ class GinsengClassifierTrainer:
             metrics=metrics,
             history=self.history,
             settings=self.settings,
-            provenance=self._provenance(plan, state.step, started),
+            provenance=training_provenance(self.dataset, self.settings, plan, state.step, started),
         )
         # Hook (issue 15): novelty statistics and conformal scores, on the same holdout.
         model_state.uncertainty = fit_reference_uncertainty(
@@ -395,48 +393,3 @@ class GinsengClassifierTrainer:
         return self.dataset.stream(
             EVAL_BATCH, "test", shuffle=False, drop_last=False, **STREAM_BUFFERS
         )
-
-    def _schedule(self, total_steps: int) -> optax.Schedule:
-        s = self.settings
-        warmup = max(1, min(WARMUP_MAX, int(WARMUP_FRACTION * total_steps)))
-        return optax.warmup_cosine_decay_schedule(
-            init_value=0.0,
-            peak_value=s.lr,
-            warmup_steps=warmup,
-            decay_steps=max(total_steps, warmup + 1),
-            end_value=s.lr / 100,
-        )
-
-    def _optimizer(self, schedule: optax.Schedule) -> optax.GradientTransformation:
-        s = self.settings
-        # Decay weight matrices only: decaying LayerNorm scales and biases only hurts.
-        return optax.adamw(
-            schedule,
-            b1=s.betas[0],
-            b2=s.betas[1],
-            eps=s.eps,
-            weight_decay=s.weight_decay,
-            mask=lambda params: jax.tree.map(lambda p: p.ndim > 1, params),
-        )
-
-    def _provenance(self, plan: _Plan, steps: int, started: float) -> dict[str, Any]:
-        ds = self.dataset
-        label_names = np.asarray(ds.label_names, dtype=str)
-        counts = np.bincount(np.asarray(ds.labels), minlength=len(label_names))
-        return {
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "versions": versions(),
-            "seed": self.settings.seed,
-            "data_fingerprint": data_fingerprint(ds.gene_names, label_names, counts),
-            "store": str(getattr(ds, "path", "")),
-            "n_cells": int(counts.sum()),
-            "n_train": int(plan.train_rows.size),
-            "n_holdout": int(plan.test_rows.size),
-            "label_counts": {str(k): int(v) for k, v in zip(label_names, counts, strict=True)},
-            "batch_size": int(plan.batch_size),
-            "steps": int(steps),
-            "passes_per_epoch": int(plan.passes),
-            "train_seconds": round(time.perf_counter() - started, 2),
-            "device": plan.devices.platform,
-            "devices": plan.devices.provenance,
-        }
