@@ -162,6 +162,19 @@ def _gene_map(path: str) -> pd.DataFrame:
     return table
 
 
+# The environment of the workers ``--workers N`` starts. dask's nanny sets
+# MALLOC_TRIM_THRESHOLD_=65536, and setting any malloc threshold turns off glibc's
+# dynamic mmap threshold: every array above 128 KiB is then mapped and unmapped per
+# block, which doubled the kernel's time per block (docs/scaling.md, "Throughput").
+# Raising both thresholds keeps a block's arrays in the heap; XLA gets one thread, as
+# each worker has one.
+WORKER_ENVIRON = {
+    "MALLOC_TRIM_THRESHOLD_": "268435456",
+    "MALLOC_MMAP_THRESHOLD_": "268435456",
+    "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
+}
+
+
 def _dask_client(workers: int | None, scheduler: str | None):
     """``--workers N`` (a LocalCluster) or ``--scheduler ADDRESS``: a dask client, else none."""
     import contextlib
@@ -178,11 +191,22 @@ def _dask_client(workers: int | None, scheduler: str | None):
         raise InputError("--workers/--scheduler need dask: pip install 'ginseng[dask]'.") from err
     stack = contextlib.ExitStack()
     if workers is not None:
-        cluster = stack.enter_context(
-            LocalCluster(
-                n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+        import os
+
+        # Read by malloc and XLA only when a worker process starts. The nanny gives each
+        # worker this process's value of a variable before its own config's, and writes
+        # them into this process's environment: set here for the start, then restored.
+        environ = dict(os.environ)
+        os.environ.update(WORKER_ENVIRON)
+        try:
+            cluster = stack.enter_context(
+                LocalCluster(
+                    n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+                )
             )
-        )
+        finally:
+            os.environ.clear()
+            os.environ.update(environ)
         stack.enter_context(Client(cluster))
     else:
         stack.enter_context(Client(scheduler))

@@ -21,7 +21,8 @@ def compute_settled(*collections: Any) -> tuple[Any, ...]:
     dask raises the first error while other tasks keep running; those writing the
     probabilities into a staged copy of the user's store would then write into it after
     the failed update removed it, leaving a half-written copy behind. Here, with a
-    distributed client every task is waited for (``distributed.wait``), and with the
+    distributed client the collections are persisted and the task of every output chunk
+    (every block) is waited for (``distributed.wait``), and with the
     local threaded scheduler the thread pool is shut down, waiting for running tasks,
     before the error propagates. Other schedulers run as ``dask.compute`` does.
     """
@@ -31,12 +32,14 @@ def compute_settled(*collections: Any) -> tuple[Any, ...]:
 
     scheduler = get_scheduler(collections=collections)
     client = getattr(scheduler, "__self__", None)
-    if client is not None and hasattr(client, "compute") and hasattr(client, "gather"):
-        from distributed import wait
+    if client is not None and hasattr(client, "persist") and hasattr(client, "gather"):
+        from distributed import futures_of, wait
 
-        futures = client.compute(list(collections))
-        wait(futures)  # finished, errors included
-        return tuple(client.gather(futures))
+        # One future per output chunk (each block's task), not one per collection: a
+        # collection's future errs with its first failed block while the others run.
+        persisted = client.persist(list(collections))
+        wait(futures_of(persisted))  # every block finished, errors included
+        return tuple(client.gather(client.compute(persisted)))
     if scheduler is dask.threaded.get:
         from concurrent.futures import ThreadPoolExecutor
 
