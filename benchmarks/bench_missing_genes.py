@@ -14,7 +14,7 @@ query keeps only those genes, as a query measured on a smaller panel would. Meth
   target although its total covers the present genes only;
 - ``ginseng mean-imputed (default)``: as above, with the normalisation target scaled
   by the expected share of the counts the present genes carry
-  (``ginseng.model.network.present_share``), what ``gs.tl.classify`` does now;
+  (``ginseng.model.first_layer.present_share``), what ``gs.tl.classify`` does now;
 - ``ginseng mean + measured share`` (measured, not shipped): the same with the share
   measured on the training counts instead of estimated from the model's statistics;
 - ``CellTypist``: its own handling (the query is log1p CP10k-normalised over the genes
@@ -138,7 +138,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     import pandas as pd
 
     import ginseng as gs
-    from ginseng.model.network import present_share
+    from ginseng.model.first_layer import present_share
     from ginseng.tl import kernel
 
     gs.settings.progress_bar = False

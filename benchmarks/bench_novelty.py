@@ -84,7 +84,7 @@ def train_model(train: ad.AnnData, seed: int, epochs: int, n_hvgs: int):
 
 def hidden_of(state, adata: ad.AnnData, first: bool = False) -> np.ndarray:
     """Last- (or first-) hidden-layer features of ``adata``'s cells (genes aligned by name)."""
-    from ginseng.model.network import first_linear_sparse
+    from ginseng.model.first_layer import first_linear_sparse
     from ginseng.tl.kernel import align_genes
 
     alignment = align_genes(state.genes, adata.var)

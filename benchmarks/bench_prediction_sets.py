@@ -160,7 +160,9 @@ def report(args: argparse.Namespace, rows: list[dict]) -> str:
             f"Command: `{cmd}`",
             "",
             f"Run {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')} on {platform.machine()}, "
-            f"{os.cpu_count()} CPUs; seed {args.seed}, {args.epochs} epochs, {args.hvgs} HVGs "
+            f"{os.cpu_count()} CPUs (load average 1/5/15 min at the end: "
+            f"{'/'.join(f'{x:.1f}' for x in os.getloadavg())}); "
+            f"seed {args.seed}, {args.epochs} epochs, {args.hvgs} HVGs "
             "of the training cells; calibration on the model's random-cell holdout.",
             "",
             "`coverage`: share of query cells whose true label is in the set; "

@@ -16,7 +16,7 @@ import pytest
 import scipy.sparse as sp
 
 import ginseng as gs
-from ginseng.model.network import first_linear_sparse, present_share
+from ginseng.model.first_layer import first_linear_sparse, present_share
 from ginseng.tl import kernel
 
 
@@ -231,7 +231,7 @@ def test_models_without_statistics_still_zero_fill(toy_trained, query):
     """
     from dataclasses import replace
 
-    from ginseng.model.network import missing_genes_note
+    from ginseng.model.first_layer import missing_genes_note
 
     state = toy_trained.state
     assert not state.config["standardize"] and state.config["impute_missing"]

@@ -92,13 +92,13 @@ def preprocess_delta(
 ) -> tuple[sp.csr_matrix, np.ndarray]:
     """``h(x) - h0`` at the non-zero counts of ``X`` (CSR, model gene order), and ``h0``.
 
-    :func:`ginseng.model.network.sparse_delta`, the arithmetic of the first layer
-    (:func:`~ginseng.model.network.first_linear_sparse` returns ``h0 @ W + b + D @ W``):
+    :func:`ginseng.model.first_layer.sparse_delta`, the arithmetic of the first layer
+    (:func:`~ginseng.model.first_layer.first_linear_sparse` returns ``h0 @ W + b + D @ W``):
     a zero count preprocesses to ``h0``, so only the non-zeros differ from the
     baseline. A ``missing`` gene has ``h0`` at its training mean, as the classifier
     reads it, and its column of ``X`` must be empty.
     """
-    from .network import sparse_delta
+    from .first_layer import sparse_delta
 
     return sparse_delta(state.config, state.params, X, missing=missing)
 

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 # distinct shapes are ever compiled.
 PREDICT_BATCH = 4096
 # Sparse input below this density skips the zeros in the first layer (exact, see
-# network.first_linear_sparse); denser input goes through the dense compiled network.
+# first_layer.first_linear_sparse); denser input goes through the dense compiled network.
 SPARSE_MAX_DENSITY = 0.25
 
 
@@ -275,7 +275,7 @@ class GinsengModelState:
             not zero: each is set to its training mean (0 after standardisation), its
             column of ``X`` is ignored, and the normalisation target is scaled by the
             share of the counts the present genes are expected to carry
-            (``ginseng.model.network.present_share``), since a cell's total then
+            (``ginseng.model.first_layer.present_share``), since a cell's total then
             covers the present genes only. ``None`` (or no ``True``) treats every
             column as measured, zeros included.
         """
@@ -289,7 +289,7 @@ class GinsengModelState:
                 f"Expected a cells x genes matrix with {self.n_genes} columns in the model's "
                 f"gene order, got shape {X.shape}; use ginseng.tl.classify to align genes by name."
             )
-        from .network import first_linear_sparse, present_share
+        from .first_layer import first_linear_sparse, present_share
 
         present = share = None
         if missing is not None:

@@ -87,7 +87,7 @@ def classify_record(
     options: ClassifyOptions, query: Query, batch_size: int, state, alignment, labels
 ):
     """``uns[key_added]["classify"]``, the same for the serial and the dask path."""
-    from ..model.network import missing_genes_note
+    from ..model.first_layer import missing_genes_note
 
     record = {
         "params": options.params(query.layer, batch_size),

@@ -157,7 +157,7 @@ def explain(
     """
     from ..model.attribution import attribute, baseline_log_proba, top_k_rows
     from ..model.file import as_model_state
-    from ..model.network import missing_genes_note
+    from ..model.first_layer import missing_genes_note
 
     state = as_model_state(model)
     nonempty_str("key_added", key_added)
