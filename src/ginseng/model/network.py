@@ -224,7 +224,7 @@ class GinsengClassifier(nnx.Module):
         """Return logits given ``z``, the first Linear layer's output for a batch.
 
         Inference on sparse counts computes ``z`` from the non-zero values only (see
-        :func:`~ginseng.model.first_layer.first_linear_sparse`) and continues here.
+        ``ginseng.model.first_layer.first_linear_sparse``) and continues here.
         """
         return self.head(self.hidden_from_first_linear(z, key=key))
 
