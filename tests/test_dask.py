@@ -242,6 +242,59 @@ def test_cli_workers_start_with_the_allocator_and_xla_environment():
     assert os.environ.get("MALLOC_MMAP_THRESHOLD_") != WORKER_ENVIRON["MALLOC_MMAP_THRESHOLD_"]
 
 
+def test_workers_with_dasks_malloc_setting_alone_are_named_once(
+    client, toy_trained, query, tmp_path, monkeypatch
+):
+    """dask's default worker environment doubles the kernel's time: say so, once."""
+    import warnings
+
+    from ginseng.tl import _dask
+
+    monkeypatch.setattr(_dask, "_ALLOCATOR_CHECKED", set())
+    path = tmp_path / "query.h5ad"
+    query.write_h5ad(path)
+    with pytest.warns(UserWarning, match=r"2 of 2 dask workers run with MALLOC_TRIM_THRESHOLD_"):
+        gs.tl.classify(path, toy_trained.state, batch_size=ROWS).file.close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # not again for this scheduler
+        gs.tl.classify(path, toy_trained.state, batch_size=ROWS).file.close()
+
+
+def test_workers_started_as_the_cli_does_get_no_allocator_warning(
+    toy_trained, query, tmp_path, monkeypatch
+):
+    import warnings
+
+    from ginseng.cli import _dask_client
+    from ginseng.tl import _dask
+
+    monkeypatch.setattr(_dask, "_ALLOCATOR_CHECKED", set())
+    path = tmp_path / "query.h5ad"
+    query.write_h5ad(path)
+    with _dask_client(1, None), warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        out = gs.tl.classify(path, toy_trained.state, batch_size=ROWS)
+        out.file.close()
+    assert len(_dask._ALLOCATOR_CHECKED) == 1
+
+
+@pytest.mark.parametrize(
+    ("environ", "slow"),
+    [
+        ({}, False),  # glibc's dynamic threshold
+        ({"MALLOC_TRIM_THRESHOLD_": "65536"}, True),  # dask's default
+        ({"MALLOC_TOP_PAD_": "0"}, True),
+        ({"MALLOC_TRIM_THRESHOLD_": "65536", "MALLOC_MMAP_THRESHOLD_": "131072"}, True),
+        ({"MALLOC_TRIM_THRESHOLD_": "65536", "MALLOC_MMAP_THRESHOLD_": "268435456"}, False),
+        ({"MALLOC_MMAP_THRESHOLD_": "not a number"}, False),
+    ],
+)
+def test_which_malloc_settings_unmap_every_block(environ, slow):
+    from ginseng.tl._dask import _unmaps_blocks
+
+    assert _unmaps_blocks(environ) is slow
+
+
 def test_importing_ginseng_does_not_import_dask():
     """``import ginseng`` imports no dask; ginseng.tl none beyond what anndata imports."""
     import subprocess

@@ -49,10 +49,13 @@ def run_dask(
     batch_size: int,
 ) -> AnnData | pd.DataFrame | None:
     """:func:`run_classify` for counts in a dask array (see :mod:`ginseng.tl._dask`)."""
-    from ._dask import ZarrTarget, classify_dask
+    from ._dask import ZarrTarget, active_client, classify_dask, warn_if_workers_unmap_blocks
     from ._dask_io import create_probability_array
     from ._labels import votes_from_table
 
+    client = active_client()
+    if client is not None:
+        warn_if_workers_unmap_blocks(client)
     target, labels = query.adata, [str(x) for x in state.labels]
     keys = ResultKeys.from_prefix(options.key_added)
     vote_key = options.majority_vote_key
