@@ -235,10 +235,15 @@ def test_cli_workers_start_with_the_allocator_and_xla_environment():
 
     from ginseng.cli import WORKER_ENVIRON, _dask_client
 
-    with _dask_client(2, None):
-        seen = default_client().run(_environ, list(WORKER_ENVIRON))
+    user_flags = "--xla_force_host_platform_device_count=1"  # a user's flag stays, ours follow
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XLA_FLAGS", user_flags)
+        with _dask_client(2, None):
+            seen = default_client().run(_environ, list(WORKER_ENVIRON))
+        assert os.environ["XLA_FLAGS"] == user_flags  # this process's own, restored
+    expected = {**WORKER_ENVIRON, "XLA_FLAGS": f"{user_flags} {WORKER_ENVIRON['XLA_FLAGS']}"}
     assert len(seen) == 2
-    assert all(env == WORKER_ENVIRON for env in seen.values()), seen
+    assert all(env == expected for env in seen.values()), seen
     assert os.environ.get("MALLOC_MMAP_THRESHOLD_") != WORKER_ENVIRON["MALLOC_MMAP_THRESHOLD_"]
 
 

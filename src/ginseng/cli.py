@@ -175,6 +175,12 @@ WORKER_ENVIRON = {
 }
 
 
+def _worker_environ(environ: dict[str, str]) -> dict[str, str]:
+    """:data:`WORKER_ENVIRON`, after any XLA flags already set (the later flag wins)."""
+    flags = " ".join(filter(None, (environ.get("XLA_FLAGS"), WORKER_ENVIRON["XLA_FLAGS"])))
+    return {**WORKER_ENVIRON, "XLA_FLAGS": flags}
+
+
 def _dask_client(workers: int | None, scheduler: str | None):
     """``--workers N`` (a LocalCluster) or ``--scheduler ADDRESS``: a dask client, else none."""
     import contextlib
@@ -197,7 +203,7 @@ def _dask_client(workers: int | None, scheduler: str | None):
         # worker this process's value of a variable before its own config's, and writes
         # them into this process's environment: set here for the start, then restored.
         environ = dict(os.environ)
-        os.environ.update(WORKER_ENVIRON)
+        os.environ.update(_worker_environ(environ))
         try:
             cluster = stack.enter_context(
                 LocalCluster(
