@@ -253,9 +253,9 @@ def test_workers_with_dasks_malloc_setting_alone_are_named_once(
     """dask's default worker environment doubles the kernel's time: say so, once."""
     import warnings
 
-    from ginseng.tl import _dask
+    from ginseng.tl import _dask_workers
 
-    monkeypatch.setattr(_dask, "_ALLOCATOR_CHECKED", set())
+    monkeypatch.setattr(_dask_workers, "_ALLOCATOR_CHECKED", set())
     path = tmp_path / "query.h5ad"
     query.write_h5ad(path)
     with pytest.warns(UserWarning, match=r"2 of 2 dask workers run with MALLOC_TRIM_THRESHOLD_"):
@@ -271,16 +271,16 @@ def test_workers_started_as_the_cli_does_get_no_allocator_warning(
     import warnings
 
     from ginseng.cli import _dask_client
-    from ginseng.tl import _dask
+    from ginseng.tl import _dask_workers
 
-    monkeypatch.setattr(_dask, "_ALLOCATOR_CHECKED", set())
+    monkeypatch.setattr(_dask_workers, "_ALLOCATOR_CHECKED", set())
     path = tmp_path / "query.h5ad"
     query.write_h5ad(path)
     with _dask_client(1, None), warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         out = gs.tl.classify(path, toy_trained.state, batch_size=ROWS)
         out.file.close()
-    assert len(_dask._ALLOCATOR_CHECKED) == 1
+    assert len(_dask_workers._ALLOCATOR_CHECKED) == 1
 
 
 @pytest.mark.parametrize(
@@ -295,7 +295,7 @@ def test_workers_started_as_the_cli_does_get_no_allocator_warning(
     ],
 )
 def test_which_malloc_settings_unmap_every_block(environ, slow):
-    from ginseng.tl._dask import _unmaps_blocks
+    from ginseng.tl._dask_workers import _unmaps_blocks
 
     assert _unmaps_blocks(environ) is slow
 

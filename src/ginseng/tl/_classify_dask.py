@@ -49,8 +49,9 @@ def run_dask(
     batch_size: int,
 ) -> AnnData | pd.DataFrame | None:
     """:func:`run_classify` for counts in a dask array (see :mod:`ginseng.tl._dask`)."""
-    from ._dask import ZarrTarget, active_client, classify_dask, warn_if_workers_unmap_blocks
+    from ._dask import ZarrTarget, active_client, classify_dask
     from ._dask_io import create_probability_array
+    from ._dask_workers import warn_if_workers_unmap_blocks
     from ._labels import votes_from_table
 
     client = active_client()
