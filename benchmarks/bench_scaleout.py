@@ -16,8 +16,14 @@ is annotated by ``gs.tl.classify(path, model, store_probabilities=False)``:
   alone, then in two child processes at once (they share nothing but the cores, caches
   and memory bandwidth); two workers cannot beat two independent jobs.
 
-BLAS, OpenMP and XLA are pinned to one thread in every process (set below, before any
-import, and inherited by the workers), so N workers use N cores. Each configuration
+BLAS and OpenMP are pinned to one thread in every process (set below, before any import,
+and inherited by the workers). XLA sizes its CPU thread pool from the process's CPU
+affinity, not from flags (``--xla_cpu_multi_thread_eigen=false
+intra_op_parallelism_threads=1`` changed nothing with jax 0.10: a jitted loop of
+matrix products took 5.8 and 6.0 CPU-seconds for 3.0 and 3.1 s without and with
+them), so each process's XLA may use every core. ``--pin`` pins each timed process to
+a core of its own (``os.sched_setaffinity``): the workers, and the children of the
+ceiling rows, so that N workers use N cores. Each configuration
 runs ``--repeats`` times after one warm-up call (JAX compilation, worker imports); the
 cluster start is not timed. The model (all genes, a few epochs) is trained on an
 independent draw of the generator and cached. Run::
@@ -26,8 +32,8 @@ independent draw of the generator and cached. Run::
 
 Training (``--parts training``): the same cached store (``--dp-cells`` synthetic cells x
 ``--genes``) is trained by :class:`~ginseng.train.GinsengClassifierTrainer` in a child
-process per device count, with ``JAX_NUM_CPU_DEVICES=N`` (N forced CPU devices, XLA
-pinned to one thread each, so N devices may use N cores). Steps/s is measured over the
+process per device count, with ``JAX_NUM_CPU_DEVICES=N`` (N forced CPU devices sharing
+XLA's thread pool, which spans every core the process may use). Steps/s is measured over the
 epochs after the first (which compiles), from the trainer's per-epoch seconds (a
 training pass plus the holdout evaluation)::
 
@@ -55,10 +61,6 @@ import os
 
 for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_name] = "1"
-os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "")
-    + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-).strip()
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -128,7 +130,15 @@ def _independent(query: Path, model: Path, args: argparse.Namespace, copies: int
     """
     command = [sys.executable, __file__, "--classify-child", str(query), str(model)]
     command += ["--repeats", str(args.repeats), "--batch-size", str(args.batch_size)]
-    children = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(copies)]
+    cores = _cores(copies) if args.pin else [None] * copies
+    children = [
+        subprocess.Popen(
+            command + ([] if core is None else ["--core", str(core)]),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for core in cores
+    ]
     times: list[float] = []
     for child in children:
         out, _ = child.communicate()
@@ -136,6 +146,23 @@ def _independent(query: Path, model: Path, args: argparse.Namespace, copies: int
             raise RuntimeError(f"classify child failed ({child.returncode})")
         times += json.loads(out.strip().splitlines()[-1])
     return times
+
+
+def _cores(n: int) -> list[int]:
+    """A core of its own for each of ``n`` processes (cores repeat past the machine's)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    return [cpus[i % len(cpus)] for i in range(n)]
+
+
+def _pin_workers(client) -> None:
+    """Pin each worker of ``client`` to a core of its own, before XLA starts in it.
+
+    XLA sizes its thread pool from the process's CPU affinity when it first runs (the
+    workers have not run anything yet), so a pinned worker computes on its core alone.
+    """
+    workers = sorted(client.scheduler_info()["workers"])
+    for address, core in zip(workers, _cores(len(workers)), strict=True):
+        client.run(os.sched_setaffinity, 0, {core}, workers=[address])
 
 
 def _store(cells: int, genes: int) -> Path:
@@ -197,7 +224,7 @@ def _training(args: argparse.Namespace) -> None:
         f"Synthetic store, {args.dp_cells:,} cells x {args.genes:,} genes (10 types); "
         f"default network, batch_size={args.dp_batch}, {args.dp_epochs} epochs, steps/s "
         "over epochs 2+ (training pass plus holdout evaluation). One child process per "
-        "device count with `JAX_NUM_CPU_DEVICES=N`, XLA pinned to 1 thread per device. "
+        "device count with `JAX_NUM_CPU_DEVICES=N` (the devices share XLA's thread pool). "
         f"{os.cpu_count()} CPUs, shared with other jobs: load average (1/5/15 min) "
         f"{'/'.join(f'{x:.1f}' for x in load_before)} before, "
         f"{'/'.join(f'{x:.1f}' for x in load_after)} after.",
@@ -360,6 +387,11 @@ def main() -> None:
         default=["dask", "ginseng"],
         help="the workers' environment: dask's default, or the CLI's (ginseng.cli.WORKER_ENVIRON)",
     )
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="pin each worker and each 'at once' child to a core of its own",
+    )
     parser.add_argument("--parts", nargs="+", default=["annotation", "training"])
     parser.add_argument("--devices", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--dp-cells", type=int, default=50_000)
@@ -380,8 +412,11 @@ def main() -> None:
     parser.add_argument("--train-child", metavar="STORE", help=argparse.SUPPRESS)
     parser.add_argument("--memory-child", nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--classify-child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--core", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.classify_child:
+        if args.core is not None:  # before JAX starts: XLA's pool follows the affinity
+            os.sched_setaffinity(0, {args.core})
         import ginseng as gs
 
         gs.settings.progress_bar = False
@@ -412,8 +447,9 @@ def main() -> None:
     print(rows[-1], flush=True)
     for copies in (1, 2):
         times = _independent(query, model, args, copies)
+        pinned = ", pinned" if args.pin else ""
         rows.append(
-            (f"{copies} in-process run{'s' if copies > 1 else ''} at once (per run)", times)
+            (f"{copies} in-process run{'s' if copies > 1 else ''} at once{pinned} (per run)", times)
         )
         print(rows[-1], flush=True)
 
@@ -432,12 +468,17 @@ def main() -> None:
                 LocalCluster(
                     n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None
                 ) as cluster,
-                Client(cluster),
+                Client(cluster) as client,
             ):
                 os.environ.clear()
                 os.environ.update(saved)
+                if args.pin:
+                    _pin_workers(client)
                 times = _time(query, model, args.repeats, args.batch_size)
-            label = f"dask, {n} worker{'s' if n > 1 else ''} x 1 thread, {environ} environment"
+            pinned = ", pinned" if args.pin else ""
+            label = (
+                f"dask, {n} worker{'s' if n > 1 else ''} x 1 thread{pinned}, {environ} environment"
+            )
             rows.append((label, times))
             print(rows[-1], flush=True)
     load_after = os.getloadavg()
@@ -449,8 +490,13 @@ def main() -> None:
         f"Backed synthetic .h5ad query, {args.cells:,} cells x {args.genes:,} genes; a "
         f"{args.genes:,}-gene model ({args.epochs} epochs on {args.train_cells:,} independent "
         "cells). `gs.tl.classify(path, model, store_probabilities=False, "
-        f"batch_size={args.batch_size})`; BLAS/OpenMP/XLA pinned to 1 thread per process. "
-        f"Median of {args.repeats} timed calls after a warm-up; cluster start not timed. "
+        f"batch_size={args.batch_size})`; BLAS/OpenMP pinned to 1 thread per process; "
+        + (
+            "each worker and each child of the 'at once' rows pinned to a core of its own. "
+            if args.pin
+            else "XLA free to use every core in each process. "
+        )
+        + f"Median of {args.repeats} timed calls after a warm-up; cluster start not timed. "
         f"{os.cpu_count()} CPUs, shared with other jobs: load average (1/5/15 min) "
         f"{'/'.join(f'{x:.1f}' for x in load_before)} before, "
         f"{'/'.join(f'{x:.1f}' for x in load_after)} after.",
@@ -467,7 +513,7 @@ def main() -> None:
         )
     medians = {name: statistics.median(t) for name, t in rows}
     lines.append("")
-    alone, pair = (medians[n] for n in medians if " at once " in n)
+    alone, pair = (medians[n] for n in medians if " at once" in n)
     lines.append(
         f"- The machine's ceiling: two independent in-process runs at once process "
         f"{2 * alone / pair:.2f}x the cells per second of one alone."

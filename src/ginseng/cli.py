@@ -166,19 +166,13 @@ def _gene_map(path: str) -> pd.DataFrame:
 # MALLOC_TRIM_THRESHOLD_=65536, and setting any malloc threshold turns off glibc's
 # dynamic mmap threshold: every array above 128 KiB is then mapped and unmapped per
 # block, which doubled the kernel's time per block (docs/scaling.md, "Throughput").
-# Raising both thresholds keeps a block's arrays in the heap; XLA gets one thread, as
-# each worker has one.
+# Raising both thresholds keeps a block's arrays in the heap. XLA's threads are left
+# alone: its pool follows the CPU affinity, not XLA_FLAGS, and pinning each worker to
+# one core was slower (docs/scaling.md).
 WORKER_ENVIRON = {
     "MALLOC_TRIM_THRESHOLD_": "268435456",
     "MALLOC_MMAP_THRESHOLD_": "268435456",
-    "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
 }
-
-
-def _worker_environ(environ: dict[str, str]) -> dict[str, str]:
-    """:data:`WORKER_ENVIRON`, after any XLA flags already set (the later flag wins)."""
-    flags = " ".join(filter(None, (environ.get("XLA_FLAGS"), WORKER_ENVIRON["XLA_FLAGS"])))
-    return {**WORKER_ENVIRON, "XLA_FLAGS": flags}
 
 
 def _dask_client(workers: int | None, scheduler: str | None):
@@ -199,11 +193,11 @@ def _dask_client(workers: int | None, scheduler: str | None):
     if workers is not None:
         import os
 
-        # Read by malloc and XLA only when a worker process starts. The nanny gives each
-        # worker this process's value of a variable before its own config's, and writes
-        # them into this process's environment: set here for the start, then restored.
+        # Read by malloc only when a worker process starts. The nanny gives each worker
+        # this process's value of a variable before its own config's, and writes them
+        # into this process's environment: set here for the start, then restored.
         environ = dict(os.environ)
-        os.environ.update(_worker_environ(environ))
+        os.environ.update(WORKER_ENVIRON)
         try:
             cluster = stack.enter_context(
                 LocalCluster(
