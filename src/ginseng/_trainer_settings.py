@@ -71,8 +71,8 @@ class GinsengClassifierTrainerSettings:
         ``epochs * (n_train // batch_size)`` is smaller, each epoch makes several passes over
         the training cells, so small references are not under-trained. 0 switches it off.
         The default, 500, was chosen on the accuracy benchmark (four datasets, three
-        seeds): macro-F1 within the seeds' spread of 1,000 steps' on each, in about a
-        third less training time; 250 lost 0.014 on one of them.
+        seeds): on each, macro-F1 stayed within the seeds' spread of that with 1,000
+        steps, in about a third less training time; 250 lost 0.014 on one of them.
     lr
         Peak learning rate of AdamW. The rate warms up linearly over the first 5% of
         the steps (at most 500) and then follows a cosine decay to ``lr / 100``.
