@@ -363,6 +363,8 @@ def _run_ginseng(ref: ad.AnnData, query: ad.AnnData, seed: int, *, query_aware: 
         res = PeerResult.from_proba(proba, labels, train_s, predict_s)
         row = _score(query, method, res, cpu_s)
         row["n_genes"] = int(state.n_genes)
+        # The trainer settings the defaults gave, so that a run says what it trained with.
+        row["settings"] = json.loads(state.settings.to_json()) if state.settings else None
         out.append(row)
         if method == name:
             break  # the default worked: no need for the fallback
