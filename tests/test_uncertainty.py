@@ -112,6 +112,27 @@ def test_novelty_threshold_is_a_reference_quantile(novel_setup):
     np.testing.assert_array_equal(labels == "Novel", table["ginseng_novelty"].to_numpy() > cutoff)
 
 
+@pytest.mark.parametrize("fit_rows", [7, 100_000])
+def test_novelty_fit_in_blocks_equals_the_whole_computation(monkeypatch, fit_rows):
+    """Blocks of FIT_ROWS rows (the last one short) give numpy's means and pooled covariance."""
+    from ginseng.model import uncertainty
+
+    monkeypatch.setattr(uncertainty, "FIT_ROWS", fit_rows)
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 3, 50)  # label 3 has no cells: its mean stays NaN
+    hidden = (rng.normal(size=(50, 4)) + 2.0 * y[:, None]).astype(np.float32)
+    means_w, whiten = uncertainty.fit_novelty(hidden, y, 4)
+    h = hidden.astype(np.float64)
+    means = np.stack([h[y == k].mean(axis=0) for k in range(3)])
+    centred = h - means[y]
+    cov = centred.T @ centred / (len(h) - 1)
+    cov += 1e-3 * np.trace(cov) / 4 * np.eye(4)
+    w = whiten.astype(np.float64)
+    np.testing.assert_allclose(w @ w.T, np.linalg.inv(cov), rtol=1e-5)
+    np.testing.assert_allclose(means_w[:3] @ np.linalg.inv(w), means, rtol=1e-5, atol=1e-5)
+    assert np.isnan(means_w[3]).all()
+
+
 def test_novelty_is_the_mahalanobis_distance_fitted_on_training_cells(novel_setup):
     dataset, state, query = novel_setup
     unc = state.uncertainty

@@ -36,33 +36,36 @@ def _features(
     """Hidden features, logits and labels of up to ``limit`` cells of ``batches``.
 
     Each batch's forward pass is dispatched before the previous one's results are
-    copied back, so that reading the next batch overlaps with computing this one.
+    copied back, so that reading the next batch overlaps with computing this one. The
+    results go into arrays of ``limit`` rows (``limit`` is at most the split's size),
+    so they are held once, not as a list of pieces and their concatenation.
     """
-    hidden, logits, labels = [], [], []
-    in_flight: tuple[Any, Any, int] | None = None
+    width = int(state.config["hidden_dim"])
+    hidden = np.empty((limit, width), np.float32)
+    logits = np.empty((limit, state.n_labels), np.float32)
+    labels = np.empty(limit, np.int64)
+    in_flight: tuple[Any, Any, int, int] | None = None
 
-    def collect(h: Any, z: Any, m: int) -> None:
-        hidden.append(np.asarray(h)[:m])
-        logits.append(np.asarray(z)[:m])
+    def collect(h: Any, z: Any, start: int, m: int) -> None:
+        hidden[start : start + m] = np.asarray(h)[:m]
+        logits[start : start + m] = np.asarray(z)[:m]
 
     seen = 0
     for x, y in batches:
         m = min(len(y), limit - seen)
+        if m <= 0:
+            break
         h, z = features(pad_rows(np.asarray(x[:m], np.float32), _BATCH))
         if in_flight is not None:
             collect(*in_flight)
-        in_flight = (h, z, m)
-        labels.append(np.asarray(y[:m]))
+        in_flight = (h, z, seen, m)
+        labels[seen : seen + m] = y[:m]
         seen += m
         if seen >= limit:
             break
     if in_flight is not None:
         collect(*in_flight)
-    width = int(state.config["hidden_dim"])
-    if not labels:
-        empty = np.zeros((0, width), np.float32)
-        return empty, np.zeros((0, state.n_labels), np.float32), np.zeros(0, np.int64)
-    return np.concatenate(hidden), np.concatenate(logits), np.concatenate(labels).astype(np.int64)
+    return hidden[:seen], logits[:seen], labels[:seen]
 
 
 def fit_reference_uncertainty(
@@ -89,13 +92,15 @@ def fit_reference_uncertainty(
             return state.predict_hidden_logits(x, batch_size=_BATCH)
 
     stream = dataset.stream
+    sizes = {name: int(rows.size) for name, rows in dataset.splits.items()}
+    n_train = min(REFERENCE_CELLS, sizes.get("train", 0))
     train = _features(
-        state, stream(_BATCH, "train", shuffle=False, drop_last=False), REFERENCE_CELLS, features
+        state, stream(_BATCH, "train", shuffle=False, drop_last=False), n_train, features
     )
     if holdout is None:
 
         def holdout() -> Iterator[tuple[np.ndarray, np.ndarray]]:
             return stream(_BATCH, "test", shuffle=False, drop_last=False)
 
-    held = _features(state, holdout(), 2**62, features)
+    held = _features(state, holdout(), sizes.get("test", 0), features)
     return fit_uncertainty((train[0], train[2]), held, state.n_labels, float(state.temperature))
