@@ -19,17 +19,16 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from anndata import AnnData
 
 from .._errors import InputError
-from .._logging import logger
 from .._settings import settings
 from .._validate import positive_int
-from . import _split
 from ._open import open_store
+from ._split import make_split
 from ._stream import BlockReader, stream
 
 
@@ -283,96 +282,8 @@ class GinsengDataset:
         return self._splits
 
     # -------------------------------------------------------------------- splits
-    def make_split(
-        self,
-        fraction: float = 0.1,
-        stratify_group: bool = False,
-        *,
-        group_mode: Literal["fraction", "groups"] = "fraction",
-        seed: int = 0,
-    ) -> float:
-        """Split the cells into ``"train"`` and ``"test"`` and store the split.
-
-        Parameters
-        ----------
-        fraction
-            Target fraction of cells in ``"test"``, in (0, 1).
-        stratify_group
-            Put whole groups (the store's ``group_key``) on one side, so that no batch
-            or donor is seen in both. Otherwise the split is stratified by label: every
-            label with at least two cells has cells on both sides, and a label with a
-            single cell stays in ``"train"``.
-        group_mode
-            With ``stratify_group``: ``"fraction"`` chooses groups so the realised test
-            cell fraction is as close as possible to ``fraction``; ``"groups"`` puts
-            ``round(fraction * n_groups)`` groups in test.
-        seed
-            Seed of the random assignment.
-
-        Returns
-        -------
-        The realised test fraction (also logged and stored in the split's attributes).
-        Writes ``splits/train`` and ``splits/test`` into the store, replacing an earlier
-        split.
-
-        Examples
-        --------
-        >>> from ginseng.data import GinsengDataset
-        >>> ds = GinsengDataset.create(
-        ...     tmp / "ref.zarr", reference, "bulk_labels", group_key="phase"
-        ... )
-        >>> realised = ds.make_split(fraction=0.2, seed=1)
-        >>> ds.splits["train"].size + ds.splits["test"].size
-        350
-
-        Whole groups on one side (no batch or donor in both):
-
-        >>> realised = ds.make_split(fraction=0.3, stratify_group=True)
-        >>> len(set(ds.groups[ds.splits["test"]]) & set(ds.groups[ds.splits["train"]]))
-        0
-        """
-        if stratify_group and not self.has_groups:
-            raise InputError(
-                "stratify_group=True needs groups, but this store was created without "
-                "group_key; recreate it with GinsengDataset.create(..., group_key='batch')."
-            )
-        train, test = _split.train_test(
-            self.labels, self.groups, fraction,
-            stratify_group=stratify_group, group_mode=group_mode, seed=seed,
-        )  # fmt: skip
-        realised = test.size / self.n_cells
-        self._write_split(
-            {"train": train, "test": test},
-            {
-                "fraction": float(fraction),
-                "realised_fraction": realised,
-                "seed": int(seed),
-                "stratify_group": bool(stratify_group),
-                "group_mode": group_mode,
-            },
-        )
-        logger.info(
-            "split %s: %d train / %d test cells (test fraction %.3f, asked %.3f)",
-            self.path.name,
-            train.size,
-            test.size,
-            realised,
-            fraction,
-        )
-        return realised
-
-    def _write_split(self, splits: dict[str, np.ndarray], info: dict) -> None:
-        import zarr
-
-        group = zarr.open_group(self.path, mode="r+", zarr_format=3)
-        target = group.require_group("splits")
-        for name, rows in splits.items():
-            target.create_array(
-                name, data=rows, chunks=(max(1, min(rows.size, 1 << 20)),), overwrite=True
-            )
-        target.attrs.update(info)
-        self._group = zarr.open_group(self.path, mode="r", zarr_format=3)
-        self._splits = None
+    # Defined in _split.py with its docstring, next to the splitting it describes.
+    make_split = make_split
 
     def reload_splits(self) -> None:
         """Read the splits from the store again at their next use.
