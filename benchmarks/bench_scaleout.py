@@ -460,12 +460,12 @@ def main() -> None:
     query, model = _query(args.cells, args.genes), _model(args.genes, args.train_cells, args.epochs)
     load_before = os.getloadavg()
     rows = []
+    pinned = ", pinned" if args.pin else ""
     times = _time(query, model, args.repeats, args.batch_size)
     rows.append(("in-process (no dask, not pinned)" if args.pin else "in-process (no dask)", times))
     print(rows[-1], flush=True)
     for copies in (1, 2):
         times = _independent(query, model, args, copies)
-        pinned = ", pinned" if args.pin else ""
         rows.append(
             (f"{copies} in-process run{'s' if copies > 1 else ''} at once{pinned} (per run)", times)
         )
@@ -493,7 +493,6 @@ def main() -> None:
                 if args.pin:
                     _pin_workers(client, n)
                 times = _time(query, model, args.repeats, args.batch_size)
-            pinned = ", pinned" if args.pin else ""
             label = (
                 f"dask, {n} worker{'s' if n > 1 else ''} x 1 thread{pinned}, {environ} environment"
             )
