@@ -154,6 +154,89 @@ def _features(state, ds, split):
     return hidden, logits, np.concatenate(ys).astype(np.int64)
 
 
+@pytest.fixture(scope="module")
+def grouped_store(tmp_path_factory, make_toy):
+    """The toy genes and types in two groups of 1,025 and 1,500 cells: a whole-group
+    split holds one of them out, more cells than one 1,024-row batch either way."""
+    adata = make_toy(n_cells=2525, n_genes=50, n_types=4, seed=11)
+    adata.obs["group"] = pd.Categorical(["a"] * 1025 + ["b"] * 1500)
+    path = tmp_path_factory.mktemp("grouped") / "g.zarr"
+    ds = GinsengDataset.create(path, adata, "cell_type", group_key="group")
+    ds.make_split(0.5, stratify_group=True, group_mode="groups", seed=0)
+    return ds
+
+
+def _recording(state):
+    """The model's features, keeping every batch the fit asked for and what it got."""
+    calls = []
+
+    def features(x):
+        hidden, logits = state.predict_hidden_logits(x, batch_size=len(x))
+        calls.append((np.asarray(x), hidden, logits))
+        return hidden, logits
+
+    return features, calls
+
+
+def _cells_of(calls, ds, split):
+    """Features of a split's cells (store order), cut out of the recorded batches.
+
+    Consumes the calls that hold them: each holds the split's next cells, then zero
+    (padding) rows, which are checked and left out.
+    """
+    xs, ys = zip(*ds.stream(100, split, shuffle=False, drop_last=False), strict=True)
+    counts, labels = np.concatenate(xs), np.concatenate(ys).astype(np.int64)
+    hidden, logits, done = [], [], 0
+    while done < labels.size:
+        x, h, z = calls.pop(0)
+        m = min(len(x), labels.size - done)
+        np.testing.assert_array_equal(x[:m], counts[done : done + m])
+        assert not x[m:].any()
+        hidden.append(h[:m])
+        logits.append(z[:m])
+        done += m
+    return np.concatenate(hidden), np.concatenate(logits), labels
+
+
+@pytest.mark.parametrize("holdout", ["split", "none"])
+def test_uncertainty_from_the_streamed_holdout_equals_the_whole_array_fit(
+    toy_trained, grouped_store, holdout
+):
+    """The trainer's fit keeps two scores per held-out cell, not its features, yet gives
+    exactly (np.array_equal) fit_uncertainty of every cell's features at once."""
+    from scipy.special import softmax
+
+    from ginseng.train.uncertainty import fit_reference_uncertainty
+
+    state, ds = toy_trained.state, grouped_store
+    features, calls = _recording(state)
+    if holdout == "none":  # no held-out cell: quantiles of the training cells' scores
+        got = fit_reference_uncertainty(state, ds, features=features, holdout=lambda: iter(()))
+    else:
+        got = fit_reference_uncertainty(state, ds, features=features)
+    assert ds.splits["test"].size in (1025, 1500) and ds.splits["train"].size >= 1025
+    h_train, _, y_train = _cells_of(calls, ds, "train")
+    if holdout == "none":
+        width = h_train.shape[1]
+        held = np.zeros((0, width), np.float32), np.zeros((0, 4), np.float32), np.zeros(0, int)
+    else:
+        held = _cells_of(calls, ds, "test")
+        assert len(held[2]) == ds.splits["test"].size
+    assert not calls  # one pass over each split
+    expected = fit_uncertainty((h_train, y_train), held, 4, state.temperature)
+    for name, value in expected.arrays().items():
+        assert np.array_equal(getattr(got, name), value), name
+    # The conformal scores, independently: each label's 1 - p_y sorted in float64.
+    _, logits, y = held
+    proba = softmax(logits.astype(np.float64) / state.temperature, axis=1)
+    nonconformity = 1.0 - proba[np.arange(y.size), y]
+    for k in range(4):
+        start, stop = got.conformal_offsets[k : k + 2]
+        mine = np.sort(nonconformity[y == k]).astype(np.float32)
+        assert np.array_equal(got.conformal_scores[start:stop], mine)
+    assert got.conformal_scores.size == y.size
+
+
 @pytest.mark.parametrize("normalize", [True, False])
 def test_standardisation_is_fitted_on_the_training_split(tmp_path, make_toy, normalize):
     adata = make_toy(n_cells=300, n_genes=30, n_types=3, seed=4)

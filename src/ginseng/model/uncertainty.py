@@ -1,9 +1,13 @@
 """Novelty scores and conformal prediction sets: what a model stores, and the numbers.
 
-Both are fitted at training time (:func:`fit_uncertainty`, called once by the trainer
-after the temperature) and stored in the model file; :func:`ginseng.tl.classify` uses
-them through :func:`novelty_scores` and :func:`prediction_set_members`. Everything
-here is numpy: no jax.
+Both are fitted at training time, once, after the temperature, and stored in the
+model file; :func:`ginseng.tl.classify` uses them through :func:`novelty_scores` and
+:func:`prediction_set_members`. The trainer (:mod:`ginseng.train.uncertainty`) fits the
+novelty statistics on training features (:func:`fit_novelty`), then streams the holdout
+and keeps two float32 numbers per held-out cell, its novelty score and its
+nonconformity (:func:`nonconformity`), from which :func:`uncertainty_from_scores`
+makes the stored arrays; :func:`fit_uncertainty` does the same from whole feature
+arrays. Everything here is numpy: no jax.
 
 Novelty
     The Mahalanobis distance (Lee et al., 2018) of a cell's last hidden layer to the
@@ -298,46 +302,122 @@ def fit_novelty(
     return (means @ whiten).astype(np.float32), whiten.astype(np.float32)
 
 
+def novelty_statistics(means: np.ndarray, whiten: np.ndarray) -> Uncertainty:
+    """An :class:`Uncertainty` holding only the novelty statistics of :func:`fit_novelty`.
+
+    Enough for :func:`novelty_scores`; its quantiles are zeros and it holds no
+    conformal scores yet (:func:`uncertainty_from_scores` makes the complete one).
+
+    Parameters
+    ----------
+    means, whiten
+        What :func:`fit_novelty` returns.
+    """
+    n_labels = len(means)
+    return Uncertainty(means, whiten, np.zeros(N_QUANTILES), np.zeros(0), np.zeros(n_labels + 1))
+
+
+def nonconformity(logits: np.ndarray, labels: np.ndarray, temperature: float) -> np.ndarray:
+    """float32 nonconformity ``1 - p_y`` of each cell: one minus its calibrated probability of its label.
+
+    Parameters
+    ----------
+    logits
+        Cells x labels logits.
+    labels
+        Each cell's label code.
+    temperature
+        The calibration temperature: ``p = softmax(logits / temperature)``, in float64.
+
+    Returns
+    -------
+    One value per cell. Rows are independent: the values of a batch of cells are
+    those of the same cells within a larger array.
+    """
+    from scipy.special import softmax
+
+    labels = np.asarray(labels, np.int64)
+    proba = softmax(np.asarray(logits, np.float64) / temperature, axis=1)
+    return (1.0 - proba[np.arange(len(labels)), labels]).astype(np.float32)
+
+
+def uncertainty_from_scores(
+    means: np.ndarray,
+    whiten: np.ndarray,
+    novelty: np.ndarray,
+    nonconformity: np.ndarray,
+    labels: np.ndarray,
+) -> Uncertainty:
+    """The complete :class:`Uncertainty` from the novelty statistics and per-cell scores.
+
+    Only two numbers per reference cell are needed, not its hidden features or logits,
+    so the trainer streams the holdout and keeps these alone.
+
+    Parameters
+    ----------
+    means, whiten
+        The novelty statistics (:func:`fit_novelty`).
+    novelty
+        Novelty scores (:func:`novelty_scores`) of the held-out cells, or of the
+        training cells when there is no holdout: their quantiles are stored.
+    nonconformity
+        Nonconformity ``1 - p_y`` (:func:`nonconformity`) of the held-out cells (may be
+        empty).
+    labels
+        Label codes of the held-out cells, one per ``nonconformity``.
+    """
+    n_labels = len(means)
+    labels = np.asarray(labels, np.int64)
+    quantiles = np.quantile(
+        np.asarray(novelty, np.float32).astype(np.float64), np.linspace(0.0, 1.0, N_QUANTILES)
+    )
+    # float32 scores sorted give what the float64 ones sorted then rounded would:
+    # rounding to float32 keeps the order (ties aside, which are equal values).
+    scores = np.asarray(nonconformity, np.float32)
+    order = np.lexsort((scores, labels))
+    counts = np.bincount(labels, minlength=n_labels)
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    return Uncertainty(
+        means,
+        whiten,
+        np.maximum.accumulate(quantiles),
+        np.clip(scores[order], 0.0, 1.0),
+        offsets,
+    )
+
+
 def fit_uncertainty(
     train: tuple[np.ndarray, np.ndarray],
     holdout: tuple[np.ndarray, np.ndarray, np.ndarray],
     n_labels: int,
     temperature: float,
 ) -> Uncertainty:
-    """Fit the novelty statistics and the conformal scores.
+    """Fit the novelty statistics and the conformal scores from whole feature arrays.
+
+    :func:`fit_novelty`, then :func:`novelty_scores` and :func:`nonconformity` of every
+    held-out cell, then :func:`uncertainty_from_scores`. The trainer computes the same
+    while streaming the holdout (:func:`ginseng.train.uncertainty.fit_reference_uncertainty`),
+    so that it never holds the holdout's features.
 
     Parameters
     ----------
     train
         Hidden features and label codes of reference training cells.
     holdout
-        Hidden features, logits and label codes of the held-out cells (may be empty).
+        Hidden features, logits and label codes of the held-out cells (may be empty:
+        the novelty quantiles are then those of the training cells).
     n_labels
         Number of labels.
     temperature
         The calibration temperature (conformal scores use calibrated probabilities).
     """
-    from scipy.special import softmax
-
     hidden, codes = train
     means, whiten = fit_novelty(hidden, codes, n_labels)
-    partial = Uncertainty(means, whiten, np.zeros(N_QUANTILES), np.zeros(0), np.zeros(n_labels + 1))
     h_hold, logits, y_hold = holdout
     reference = h_hold if len(y_hold) else hidden
-    scores = novelty_scores(reference, partial)
-    quantiles = np.quantile(scores.astype(np.float64), np.linspace(0.0, 1.0, N_QUANTILES))
-    proba = softmax(np.asarray(logits, np.float64) / temperature, axis=1)
-    nonconformity = 1.0 - proba[np.arange(len(y_hold)), y_hold]
-    order = np.lexsort((nonconformity, y_hold))
-    counts = np.bincount(np.asarray(y_hold, np.int64), minlength=n_labels)
-    offsets = np.concatenate([[0], np.cumsum(counts)])
-    return Uncertainty(
-        means,
-        whiten,
-        np.maximum.accumulate(quantiles),
-        np.clip(nonconformity[order], 0.0, 1.0),
-        offsets,
-    )
+    novelty = novelty_scores(reference, novelty_statistics(means, whiten))
+    scores = nonconformity(logits, y_hold, temperature)
+    return uncertainty_from_scores(means, whiten, novelty, scores, y_hold)
 
 
 def summary(uncertainty: Uncertainty | None) -> dict[str, Any]:

@@ -3,6 +3,13 @@
 Called once by :meth:`GinsengClassifierTrainer.fit` on the kept weights, on the same
 holdout (random cells, or whole held-out groups) the temperature was fitted on; see
 :mod:`ginseng.model.uncertainty` for what is fitted.
+
+Memory: the last hidden layer of up to
+:data:`~ginseng.model.uncertainty.REFERENCE_CELLS` training cells is held to fit the
+novelty statistics (100,000 x 256 float32: 100 MB at most, whatever the reference's
+size). The holdout is then streamed once, and of each held-out cell only its float32
+novelty score, its float32 nonconformity and its int64 label code are kept (16 bytes
+per cell, not its ``hidden_dim + n_labels`` float32 features).
 """
 
 from __future__ import annotations
@@ -12,7 +19,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..model.uncertainty import REFERENCE_CELLS, Uncertainty, fit_uncertainty
+from ..model.uncertainty import (
+    REFERENCE_CELLS,
+    Uncertainty,
+    fit_novelty,
+    nonconformity,
+    novelty_scores,
+    novelty_statistics,
+    uncertainty_from_scores,
+)
 from ._loop import EVAL_BATCH, pad_rows
 
 if TYPE_CHECKING:
@@ -25,31 +40,22 @@ if TYPE_CHECKING:
 _BATCH = EVAL_BATCH
 
 Features = Callable[[np.ndarray], tuple[Any, Any]]
+Batches = Iterator[tuple[np.ndarray, np.ndarray]]
 
 
-def _features(
-    state: GinsengModelState,
-    batches: Iterator[tuple[np.ndarray, np.ndarray]],
-    limit: int,
-    features: Features,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Hidden features, logits and labels of up to ``limit`` cells of ``batches``.
+def _dispatched(
+    batches: Batches, limit: int, features: Features
+) -> Iterator[tuple[Any, Any, np.ndarray, int, bool]]:
+    """The forward pass of each batch of up to ``limit`` cells, one batch ahead.
 
-    Each batch's forward pass is dispatched before the previous one's results are
-    copied back, so that reading the next batch overlaps with computing this one. The
-    results go into arrays of ``limit`` rows (``limit`` is at most the split's size),
-    so they are held once, not as a list of pieces and their concatenation.
+    Yields ``(hidden, logits, labels, start, last)`` per batch, ``hidden`` and ``logits``
+    as ``features`` returns them (``_BATCH`` padded rows, possibly not computed yet),
+    ``labels`` the batch's ``m`` label codes and ``start`` its first cell's position.
+    Each batch's forward pass is dispatched before the previous batch is yielded, so
+    that copying back and using one batch's results overlaps with computing the next
+    one. ``last`` is true for the final batch.
     """
-    width = int(state.config["hidden_dim"])
-    hidden = np.empty((limit, width), np.float32)
-    logits = np.empty((limit, state.n_labels), np.float32)
-    labels = np.empty(limit, np.int64)
-    in_flight: tuple[Any, Any, int, int] | None = None
-
-    def collect(h: Any, z: Any, start: int, m: int) -> None:
-        hidden[start : start + m] = np.asarray(h)[:m]
-        logits[start : start + m] = np.asarray(z)[:m]
-
+    in_flight: tuple[Any, Any, np.ndarray, int] | None = None
     seen = 0
     for x, y in batches:
         m = min(len(y), limit - seen)
@@ -57,15 +63,65 @@ def _features(
             break
         h, z = features(pad_rows(np.asarray(x[:m], np.float32), _BATCH))
         if in_flight is not None:
-            collect(*in_flight)
-        in_flight = (h, z, seen, m)
-        labels[seen : seen + m] = y[:m]
+            yield (*in_flight, False)
+        in_flight = (h, z, np.asarray(y[:m], np.int64), seen)
         seen += m
         if seen >= limit:
             break
     if in_flight is not None:
-        collect(*in_flight)
-    return hidden[:seen], logits[:seen], labels[:seen]
+        yield (*in_flight, True)
+
+
+def _features(
+    state: GinsengModelState, batches: Batches, limit: int, features: Features
+) -> tuple[np.ndarray, np.ndarray]:
+    """Hidden features and labels of up to ``limit`` cells of ``batches``.
+
+    The results go into arrays of ``limit`` rows (``limit`` is at most the split's
+    size), so they are held once, not as a list of pieces and their concatenation.
+    """
+    hidden = np.empty((limit, int(state.config["hidden_dim"])), np.float32)
+    labels = np.empty(limit, np.int64)
+    seen = 0
+    for h, _, y, start, _ in _dispatched(batches, limit, features):
+        m = len(y)
+        hidden[start : start + m] = np.asarray(h)[:m]
+        labels[start : start + m] = y
+        seen = start + m
+    return hidden[:seen], labels[:seen]
+
+
+def _holdout_scores(
+    batches: Batches,
+    limit: int,
+    features: Features,
+    novelty: Uncertainty,
+    temperature: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Novelty scores, nonconformity and labels of up to ``limit`` cells of ``batches``.
+
+    One pass; per batch, only the three per-cell values are kept. Row by row they equal
+    :func:`~ginseng.model.uncertainty.novelty_scores` and
+    :func:`~ginseng.model.uncertainty.nonconformity` of every cell's features at once:
+    BLAS picks other kernels (with other rounding) for a matrix of a few rows, so the
+    scores of a holdout of several batches are computed on the whole padded batch,
+    which is large enough to get the kernels that every row of the whole holdout
+    gets, and a holdout of one batch on exactly its rows, as a single call would be.
+    """
+    scores = np.empty(limit, np.float32)
+    nonconf = np.empty(limit, np.float32)
+    labels = np.empty(limit, np.int64)
+    seen = 0
+    for h, z, y, start, last in _dispatched(batches, limit, features):
+        m = len(y)
+        rows = np.asarray(h)
+        if start == 0 and last:
+            rows = rows[:m]
+        scores[start : start + m] = novelty_scores(rows, novelty)[:m]
+        nonconf[start : start + m] = nonconformity(np.asarray(z)[:m], y, temperature)
+        labels[start : start + m] = y
+        seen = start + m
+    return scores[:seen], nonconf[:seen], labels[:seen]
 
 
 def fit_reference_uncertainty(
@@ -73,18 +129,33 @@ def fit_reference_uncertainty(
     dataset: GinsengDataset,
     *,
     features: Features | None = None,
-    holdout: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]] | None = None,
+    holdout: Callable[[], Batches] | None = None,
 ) -> Uncertainty:
     """Novelty statistics from training cells, reference quantiles and conformal scores from the holdout.
 
     Reads up to :data:`~ginseng.model.uncertainty.REFERENCE_CELLS` training cells (in
-    store order, which is shuffled) and every holdout cell once, in evaluation mode.
-    ``features`` maps a batch of raw counts (``_BATCH`` rows, zero-padded) to the
-    model's last hidden layer and logits; by default
-    :meth:`~ginseng.model.GinsengModelState.predict_hidden_logits` (the trainer passes
-    its own compiled evaluation step, which computes the same). ``holdout`` returns the
-    holdout batches in store order (the trainer passes the ones it keeps in memory);
-    by default they are streamed from ``dataset``'s ``"test"`` split.
+    store order, which is shuffled) and fits the novelty statistics on their last
+    hidden layer; then reads every holdout cell once and keeps only its novelty score,
+    nonconformity and label (the result equals
+    :func:`~ginseng.model.uncertainty.fit_uncertainty` of the same features). Both
+    passes run in evaluation mode.
+
+    Parameters
+    ----------
+    state
+        The trained model (its temperature already fitted).
+    dataset
+        The reference store, with its ``"train"`` and ``"test"`` splits. Without
+        holdout cells, the novelty quantiles are those of the training cells read.
+    features
+        Maps a batch of raw counts (``_BATCH`` rows, zero-padded) to the model's last
+        hidden layer and logits; by default
+        :meth:`~ginseng.model.GinsengModelState.predict_hidden_logits` (the trainer
+        passes its own compiled evaluation step, which computes the same).
+    holdout
+        Returns the holdout batches in store order (the trainer passes the ones it
+        keeps in memory); by default they are streamed from ``dataset``'s ``"test"``
+        split. At most the ``"test"`` split's number of cells are read from it.
     """
     if features is None:
 
@@ -94,13 +165,19 @@ def fit_reference_uncertainty(
     stream = dataset.stream
     sizes = {name: int(rows.size) for name, rows in dataset.splits.items()}
     n_train = min(REFERENCE_CELLS, sizes.get("train", 0))
-    train = _features(
+    hidden, codes = _features(
         state, stream(_BATCH, "train", shuffle=False, drop_last=False), n_train, features
     )
+    means, whiten = fit_novelty(hidden, codes, state.n_labels)
+    novelty = novelty_statistics(means, whiten)
     if holdout is None:
 
-        def holdout() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        def holdout() -> Batches:
             return stream(_BATCH, "test", shuffle=False, drop_last=False)
 
-    held = _features(state, holdout(), sizes.get("test", 0), features)
-    return fit_uncertainty((train[0], train[2]), held, state.n_labels, float(state.temperature))
+    scores, nonconf, labels = _holdout_scores(
+        holdout(), sizes.get("test", 0), features, novelty, float(state.temperature)
+    )
+    if not labels.size:  # no holdout: the reference quantiles of the training cells
+        scores = novelty_scores(hidden, novelty)
+    return uncertainty_from_scores(means, whiten, scores, nonconf, labels)
