@@ -5,7 +5,7 @@ model file; :func:`ginseng.tl.classify` uses them through :func:`novelty_scores`
 :func:`prediction_set_members`. The trainer (:mod:`ginseng.train.uncertainty`) fits the
 novelty statistics on training features (:func:`fit_novelty`), then streams the holdout
 and keeps two float32 numbers per held-out cell, its novelty score and its
-nonconformity (:func:`nonconformity`), from which :func:`uncertainty_from_scores`
+nonconformity (:func:`nonconformity_scores`), from which :func:`uncertainty_from_scores`
 makes the stored arrays; :func:`fit_uncertainty` does the same from whole feature
 arrays. Everything here is numpy: no jax.
 
@@ -312,12 +312,17 @@ def novelty_statistics(means: np.ndarray, whiten: np.ndarray) -> Uncertainty:
     ----------
     means, whiten
         What :func:`fit_novelty` returns.
+
+    Returns
+    -------
+    Uncertainty
+        Placeholder quantiles and no conformal scores: not for a model file.
     """
     n_labels = len(means)
     return Uncertainty(means, whiten, np.zeros(N_QUANTILES), np.zeros(0), np.zeros(n_labels + 1))
 
 
-def nonconformity(logits: np.ndarray, labels: np.ndarray, temperature: float) -> np.ndarray:
+def nonconformity_scores(logits: np.ndarray, labels: np.ndarray, temperature: float) -> np.ndarray:
     """float32 nonconformity ``1 - p_y`` of each cell: one minus its calibrated probability of its label.
 
     Parameters
@@ -331,8 +336,9 @@ def nonconformity(logits: np.ndarray, labels: np.ndarray, temperature: float) ->
 
     Returns
     -------
-    One value per cell. Rows are independent: the values of a batch of cells are
-    those of the same cells within a larger array.
+    numpy.ndarray
+        One value per cell. Rows are independent: the values of a batch of cells are
+        those of the same cells within a larger array.
     """
     from scipy.special import softmax
 
@@ -361,18 +367,23 @@ def uncertainty_from_scores(
         Novelty scores (:func:`novelty_scores`) of the held-out cells, or of the
         training cells when there is no holdout: their quantiles are stored.
     nonconformity
-        Nonconformity ``1 - p_y`` (:func:`nonconformity`) of the held-out cells (may be
+        Nonconformity ``1 - p_y`` (:func:`nonconformity_scores`) of the held-out cells (may be
         empty).
     labels
         Label codes of the held-out cells, one per ``nonconformity``.
+
+    Returns
+    -------
+    Uncertainty
+        The arrays a model file stores.
     """
     n_labels = len(means)
     labels = np.asarray(labels, np.int64)
     quantiles = np.quantile(
         np.asarray(novelty, np.float32).astype(np.float64), np.linspace(0.0, 1.0, N_QUANTILES)
     )
-    # float32 scores sorted give what the float64 ones sorted then rounded would:
-    # rounding to float32 keeps the order (ties aside, which are equal values).
+    # Rounding to float32 is monotone: the float32 scores sorted are the float64
+    # scores sorted, then rounded (as they were stored when those were kept).
     scores = np.asarray(nonconformity, np.float32)
     order = np.lexsort((scores, labels))
     counts = np.bincount(labels, minlength=n_labels)
@@ -394,7 +405,7 @@ def fit_uncertainty(
 ) -> Uncertainty:
     """Fit the novelty statistics and the conformal scores from whole feature arrays.
 
-    :func:`fit_novelty`, then :func:`novelty_scores` and :func:`nonconformity` of every
+    :func:`fit_novelty`, then :func:`novelty_scores` and :func:`nonconformity_scores` of every
     held-out cell, then :func:`uncertainty_from_scores`. The trainer computes the same
     while streaming the holdout (:func:`ginseng.train.uncertainty.fit_reference_uncertainty`),
     so that it never holds the holdout's features.
@@ -410,13 +421,18 @@ def fit_uncertainty(
         Number of labels.
     temperature
         The calibration temperature (conformal scores use calibrated probabilities).
+
+    Returns
+    -------
+    Uncertainty
+        The arrays a model file stores.
     """
     hidden, codes = train
     means, whiten = fit_novelty(hidden, codes, n_labels)
     h_hold, logits, y_hold = holdout
     reference = h_hold if len(y_hold) else hidden
     novelty = novelty_scores(reference, novelty_statistics(means, whiten))
-    scores = nonconformity(logits, y_hold, temperature)
+    scores = nonconformity_scores(logits, y_hold, temperature)
     return uncertainty_from_scores(means, whiten, novelty, scores, y_hold)
 
 

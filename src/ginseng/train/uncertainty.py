@@ -23,7 +23,7 @@ from ..model.uncertainty import (
     REFERENCE_CELLS,
     Uncertainty,
     fit_novelty,
-    nonconformity,
+    nonconformity_scores,
     novelty_scores,
     novelty_statistics,
     uncertainty_from_scores,
@@ -102,11 +102,12 @@ def _holdout_scores(
 
     One pass; per batch, only the three per-cell values are kept. Row by row they equal
     :func:`~ginseng.model.uncertainty.novelty_scores` and
-    :func:`~ginseng.model.uncertainty.nonconformity` of every cell's features at once:
-    BLAS picks other kernels (with other rounding) for a matrix of a few rows, so the
-    scores of a holdout of several batches are computed on the whole padded batch,
-    which is large enough to get the kernels that every row of the whole holdout
-    gets, and a holdout of one batch on exactly its rows, as a single call would be.
+    :func:`~ginseng.model.uncertainty.nonconformity_scores` of every cell's features at once:
+    BLAS picks other kernels, with other rounding, for a matrix of a few rows (OpenBLAS:
+    gemv for one row, small-matrix kernels up to ~128), so the novelty of a holdout of
+    several batches is computed on each whole padded batch, large enough to get the
+    kernels every row of the whole holdout gets (a short last batch on its own would
+    not), and that of a holdout of one batch on exactly its rows, as one call would be.
     """
     scores = np.empty(limit, np.float32)
     nonconf = np.empty(limit, np.float32)
@@ -118,7 +119,7 @@ def _holdout_scores(
         if start == 0 and last:
             rows = rows[:m]
         scores[start : start + m] = novelty_scores(rows, novelty)[:m]
-        nonconf[start : start + m] = nonconformity(np.asarray(z)[:m], y, temperature)
+        nonconf[start : start + m] = nonconformity_scores(np.asarray(z)[:m], y, temperature)
         labels[start : start + m] = y
         seen = start + m
     return scores[:seen], nonconf[:seen], labels[:seen]
@@ -155,7 +156,13 @@ def fit_reference_uncertainty(
     holdout
         Returns the holdout batches in store order (the trainer passes the ones it
         keeps in memory); by default they are streamed from ``dataset``'s ``"test"``
-        split. At most the ``"test"`` split's number of cells are read from it.
+        split. At most the ``"test"`` split's number of cells are read from it, in
+        batches of ``_BATCH`` rows but the last.
+
+    Returns
+    -------
+    Uncertainty
+        Novelty statistics, reference quantiles and conformal scores.
     """
     if features is None:
 
