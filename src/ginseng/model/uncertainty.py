@@ -54,6 +54,8 @@ FIT_ROWS = 8192
 RIDGE = 1e-3
 # Labels with fewer held-out cells than this share the pooled conformal threshold.
 MIN_LABEL_CALIBRATION = 20
+# Rows a block of hidden features is padded to before scoring its novelty.
+MIN_SCORE_ROWS = 128
 # Number of stored reference quantiles of the novelty score (0, 0.001, ..., 1).
 N_QUANTILES = 1001
 # The arrays of Uncertainty, as stored in the model file (group "uncertainty").
@@ -225,13 +227,22 @@ def _pairs(offsets: np.ndarray) -> Iterable[tuple[int, int]]:
 def novelty_scores(hidden: np.ndarray, uncertainty: Uncertainty) -> np.ndarray:
     """float32 novelty of each cell: Mahalanobis distance of ``hidden`` to the nearest label.
 
-    ``hidden`` is the last hidden layer's output (cells x hidden_dim).
+    ``hidden`` is the last hidden layer's output (cells x hidden_dim). A cell's score
+    does not depend on how many other cells are scored with it.
     """
-    # The whitening in float32 (rows do not depend on the block's size; 2x cheaper than
-    # float64), the distances in float64: in float32 the expansion |z|^2 - 2 z.m + |m|^2
-    # loses digits to cancellation, which made scores depend on the chunk size.
+    # The whitening in float32 (2x cheaper than float64), the distances in float64: in
+    # float32 the expansion |z|^2 - 2 z.m + |m|^2 loses digits to cancellation, which
+    # made scores depend on the chunk size. BLAS also rounds a product of a few rows
+    # differently (OpenBLAS: gemv for one row, other kernels for a handful), so a short
+    # block (a last chunk, a small query) is scored padded to MIN_SCORE_ROWS rows.
+    hidden = np.asarray(hidden, np.float32)
+    n = hidden.shape[0]
+    if n < MIN_SCORE_ROWS:
+        hidden = np.concatenate(
+            [hidden, np.zeros((MIN_SCORE_ROWS - n, hidden.shape[1]), np.float32)]
+        )
     whiten = np.asarray(uncertainty.novelty_whiten, np.float32)
-    z = (np.asarray(hidden, np.float32) @ whiten).astype(np.float64)
+    z = (hidden @ whiten).astype(np.float64)
     means = uncertainty.novelty_means.astype(np.float64)
     means = means[np.isfinite(means).all(axis=1)]
     d2 = (
@@ -239,7 +250,7 @@ def novelty_scores(hidden: np.ndarray, uncertainty: Uncertainty) -> np.ndarray:
         - 2.0 * (z @ means.T)
         + np.square(means).sum(axis=1)[None, :]
     )
-    return np.sqrt(np.maximum(d2.min(axis=1), 0.0)).astype(np.float32)
+    return np.sqrt(np.maximum(d2.min(axis=1)[:n], 0.0)).astype(np.float32)
 
 
 def prediction_set_members(proba: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
