@@ -157,8 +157,8 @@ def _features(state, ds, split):
 @pytest.fixture(scope="module")
 def grouped_store(tmp_path_factory, make_toy):
     """The toy genes and types in two groups of 1,025 and 1,500 cells; the whole-group
-    split holds out the 1,025: a batch of 1,024 rows and one of a single cell, which
-    BLAS would score with other kernels (other rounding) on its own."""
+    split holds out the 1,025: a batch of 1,024 rows and one of a single cell (the
+    streamed fit's offsets and last batch)."""
     adata = make_toy(n_cells=2525, n_genes=50, n_types=4, seed=11)
     adata.obs["group"] = pd.Categorical(["a"] * 1025 + ["b"] * 1500)
     path = tmp_path_factory.mktemp("grouped") / "g.zarr"
@@ -219,12 +219,16 @@ def test_uncertainty_from_the_streamed_holdout_equals_the_whole_array_fit(
     h_train, _, y_train = _cells_of(calls, ds, "train")
     if holdout == "none":
         width = h_train.shape[1]
-        held = np.zeros((0, width), np.float32), np.zeros((0, 4), np.float32), np.zeros(0, int)
+        held = (
+            np.zeros((0, width), np.float32),
+            np.zeros((0, state.n_labels), np.float32),
+            np.zeros(0, int),
+        )
     else:
         held = _cells_of(calls, ds, "test")
         assert len(held[2]) == ds.splits["test"].size
     assert not calls  # one pass over each split
-    expected = fit_uncertainty((h_train, y_train), held, 4, state.temperature)
+    expected = fit_uncertainty((h_train, y_train), held, state.n_labels, state.temperature)
     for name, value in expected.arrays().items():
         assert np.array_equal(getattr(got, name), value), name
     # The conformal scores, independently: each label's 1 - p_y sorted in float64.

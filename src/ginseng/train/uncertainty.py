@@ -45,15 +45,15 @@ Batches = Iterator[tuple[np.ndarray, np.ndarray]]
 
 def _dispatched(
     batches: Batches, limit: int, features: Features
-) -> Iterator[tuple[Any, Any, np.ndarray, int, bool]]:
+) -> Iterator[tuple[Any, Any, np.ndarray, int]]:
     """The forward pass of each batch of up to ``limit`` cells, one batch ahead.
 
-    Yields ``(hidden, logits, labels, start, last)`` per batch, ``hidden`` and ``logits``
+    Yields ``(hidden, logits, labels, start)`` per batch, ``hidden`` and ``logits``
     as ``features`` returns them (``_BATCH`` padded rows, possibly not computed yet),
     ``labels`` the batch's ``m`` label codes and ``start`` its first cell's position.
     Each batch's forward pass is dispatched before the previous batch is yielded, so
     that copying back and using one batch's results overlaps with computing the next
-    one. ``last`` is true for the final batch.
+    one.
     """
     in_flight: tuple[Any, Any, np.ndarray, int] | None = None
     seen = 0
@@ -63,13 +63,13 @@ def _dispatched(
             break
         h, z = features(pad_rows(np.asarray(x[:m], np.float32), _BATCH))
         if in_flight is not None:
-            yield (*in_flight, False)
+            yield in_flight
         in_flight = (h, z, np.asarray(y[:m], np.int64), seen)
         seen += m
         if seen >= limit:
             break
     if in_flight is not None:
-        yield (*in_flight, True)
+        yield in_flight
 
 
 def _features(
@@ -83,7 +83,7 @@ def _features(
     hidden = np.empty((limit, int(state.config["hidden_dim"])), np.float32)
     labels = np.empty(limit, np.int64)
     seen = 0
-    for h, _, y, start, _ in _dispatched(batches, limit, features):
+    for h, _, y, start in _dispatched(batches, limit, features):
         m = len(y)
         hidden[start : start + m] = np.asarray(h)[:m]
         labels[start : start + m] = y
@@ -102,23 +102,17 @@ def _holdout_scores(
 
     One pass; per batch, only the three per-cell values are kept. Row by row they equal
     :func:`~ginseng.model.uncertainty.novelty_scores` and
-    :func:`~ginseng.model.uncertainty.nonconformity_scores` of every cell's features at once:
-    BLAS picks other kernels, with other rounding, for a matrix of a few rows (OpenBLAS:
-    gemv for one row, small-matrix kernels up to ~128), so the novelty of a holdout of
-    several batches is computed on each whole padded batch, large enough to get the
-    kernels every row of the whole holdout gets (a short last batch on its own would
-    not), and that of a holdout of one batch on exactly its rows, as one call would be.
+    :func:`~ginseng.model.uncertainty.nonconformity_scores` of every cell's features at
+    once: neither depends on the block it is computed in (``novelty_scores`` pads short
+    blocks, whose products BLAS would round differently).
     """
     scores = np.empty(limit, np.float32)
     nonconf = np.empty(limit, np.float32)
     labels = np.empty(limit, np.int64)
     seen = 0
-    for h, z, y, start, last in _dispatched(batches, limit, features):
+    for h, z, y, start in _dispatched(batches, limit, features):
         m = len(y)
-        rows = np.asarray(h)
-        if start == 0 and last:
-            rows = rows[:m]
-        scores[start : start + m] = novelty_scores(rows, novelty)[:m]
+        scores[start : start + m] = novelty_scores(np.asarray(h)[:m], novelty)
         nonconf[start : start + m] = nonconformity_scores(np.asarray(z)[:m], y, temperature)
         labels[start : start + m] = y
         seen = start + m
