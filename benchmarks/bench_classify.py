@@ -166,7 +166,7 @@ def child_profile(query: str, model_path: str, repeats: str = "3") -> dict:
     import ginseng as gs
     from ginseng.data.io import load_model
     from ginseng.model.first_layer import first_linear_sparse
-    from ginseng.model.uncertainty import novelty_scores
+    from ginseng.model.novelty import novelty_scores
     from ginseng.tl.kernel import align_genes, calibrated_proba, check_chunk, iter_row_chunks
 
     gs.settings.progress_bar = False

@@ -115,13 +115,13 @@ def test_novelty_threshold_is_a_reference_quantile(novel_setup):
 @pytest.mark.parametrize("fit_rows", [7, 100_000])
 def test_novelty_fit_in_blocks_equals_the_whole_computation(monkeypatch, fit_rows):
     """Blocks of FIT_ROWS rows (the last one short) give numpy's means and pooled covariance."""
-    from ginseng.model import uncertainty
+    from ginseng.model import novelty
 
-    monkeypatch.setattr(uncertainty, "FIT_ROWS", fit_rows)
+    monkeypatch.setattr(novelty, "FIT_ROWS", fit_rows)
     rng = np.random.default_rng(3)
     y = rng.integers(0, 3, 50)  # label 3 has no cells: its mean stays NaN
     hidden = (rng.normal(size=(50, 4)) + 2.0 * y[:, None]).astype(np.float32)
-    means_w, whiten = uncertainty.fit_novelty(hidden, y, 4)
+    means_w, whiten = novelty.fit_novelty(hidden, y, 4)
     h = hidden.astype(np.float64)
     means = np.stack([h[y == k].mean(axis=0) for k in range(3)])
     centred = h - means[y]
@@ -357,7 +357,7 @@ def test_a_cells_novelty_does_not_depend_on_its_block(novel_setup):
     Fails when short blocks are not padded: BLAS rounds a product of one or a few rows
     differently (in the last bit of the float32 score).
     """
-    from ginseng.model.uncertainty import novelty_scores
+    from ginseng.model.novelty import novelty_scores
 
     _, state, _ = novel_setup
     rng = np.random.default_rng(5)

@@ -32,7 +32,8 @@ from .._errors import InputError
 from .._logging import progress
 from ..data import GeneAlignment, align_genes, check_raw_counts, iter_row_chunks, read_ahead
 from ..data import check_finite_nonnegative as _check_sign_and_finite
-from ..model.uncertainty import novelty_scores, prediction_set_members
+from ..model.novelty import novelty_scores
+from ..model.uncertainty import prediction_set_members
 from ._labels import assign_labels, majority_vote, model_label_colors
 
 if TYPE_CHECKING:
@@ -77,7 +78,7 @@ class ChunkResult:
     probabilities
         float32 ``n_cells x n_labels`` calibrated probabilities, or ``None`` when not kept.
     novelty
-        float32 novelty score (``ginseng.model.uncertainty.novelty_scores``), or
+        float32 novelty score (``ginseng.model.novelty.novelty_scores``), or
         ``None`` when not computed.
     prediction_sets
         bool ``n_cells x n_labels`` membership of each label in each cell's conformal

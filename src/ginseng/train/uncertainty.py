@@ -19,12 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..model.novelty import fit_novelty, novelty_scores
 from ..model.uncertainty import (
     REFERENCE_CELLS,
     Uncertainty,
-    fit_novelty,
     nonconformity_scores,
-    novelty_scores,
     novelty_statistics,
     uncertainty_from_scores,
 )
@@ -101,7 +100,7 @@ def _holdout_scores(
     """Novelty scores, nonconformity and labels of up to ``limit`` cells of ``batches``.
 
     One pass; per batch, only the three per-cell values are kept. Row by row they equal
-    :func:`~ginseng.model.uncertainty.novelty_scores` and
+    :func:`~ginseng.model.novelty.novelty_scores` and
     :func:`~ginseng.model.uncertainty.nonconformity_scores` of every cell's features at
     once: neither depends on the block it is computed in (``novelty_scores`` pads short
     blocks, whose products BLAS would round differently).
