@@ -88,3 +88,50 @@ def test_holdout_kept_in_memory_gives_the_streamed_results(store, monkeypatch):
         np.testing.assert_array_equal(kept.params[name], value, err_msg=name)
     for name, value in streamed.uncertainty.arrays().items():
         np.testing.assert_array_equal(kept.uncertainty.arrays()[name], value, err_msg=name)
+
+
+def test_the_flat_training_step_takes_the_same_steps_as_the_tree_one():
+    # The loop calls train_step_flat (the state's leaves, flattened once per epoch);
+    # it must be the very step train_step takes on the pytrees, augmentation included.
+    import jax
+    from flax import nnx
+
+    from ginseng.model.network import network_config
+    from ginseng.train._loop import compile_steps, optimizer, schedule, split_params
+    from ginseng.train.augment import Augmentation
+
+    settings = GinsengClassifierTrainerSettings(**TINY)
+    tx = optimizer(settings, schedule(settings, 10))
+    rng = np.random.default_rng(0)
+    xs = rng.poisson(3.0, (3, 16, 20)).astype(np.float32)
+    ys = rng.integers(0, 3, (3, 16)).astype(np.int32)
+    key = jax.random.key(0)
+
+    def fresh():
+        model = GinsengClassifier(network_config(20, 3, hidden_dim=8), rngs=nnx.Rngs(0))
+        graphdef, params, rest = split_params(model)
+        return compile_steps(graphdef, tx, Augmentation.from_settings(settings)), params, rest
+
+    steps, params, rest = fresh()
+    opt_state = tx.init(params)
+    tree_losses = []
+    for i in range(3):
+        params, opt_state, loss = steps.train_step(
+            params, opt_state, rest, xs[i], ys[i], key, np.int32(i)
+        )
+        tree_losses.append(float(loss))
+
+    steps, flat_params, rest = fresh()
+    leaves, state_def = jax.tree.flatten((flat_params, tx.init(flat_params)))
+    rest_leaves, rest_def = jax.tree.flatten(rest)
+    flat_losses = []
+    for i in range(3):
+        leaves, loss = steps.train_step_flat(
+            leaves, rest_leaves, xs[i], ys[i], key, np.int32(i), (state_def, rest_def)
+        )
+        flat_losses.append(float(loss))
+    flat_params, _ = jax.tree.unflatten(state_def, leaves)
+
+    assert flat_losses == tree_losses and len(set(tree_losses)) == 3
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(flat_params), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -241,13 +241,13 @@ class DataParallel:
             )
 
     def step(self, train_step: Callable[..., Any]) -> Callable[..., Any]:
-        """``train_step`` returning this process's copy of the (replicated) loss."""
+        """``train_step`` returning this process's copy of the (replicated) loss, its last output."""
         if self.mesh is None:
             return train_step
 
-        def step(*args: Any) -> tuple[Any, Any, jax.Array]:
-            params, opt_state, loss = train_step(*args)
-            return params, opt_state, loss.addressable_data(0)
+        def step(*args: Any) -> tuple[Any, ...]:
+            *state, loss = train_step(*args)
+            return (*state, loss.addressable_data(0))
 
         return step
 

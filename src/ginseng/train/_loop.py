@@ -165,10 +165,16 @@ class TrainState(NamedTuple):
 
 
 class Steps(NamedTuple):
-    """The jitted step functions of one model graph and optimiser."""
+    """The jitted step functions of one model graph and optimiser.
+
+    ``train_step`` takes and returns the parameters and optimiser state as pytrees;
+    ``train_step_flat`` is the same step over their flat leaves (see
+    :func:`compile_steps`), which the training loop calls.
+    """
 
     train_step: Callable[..., tuple[Any, optax.OptState, jax.Array]]
     eval_step: Callable[[Any, Any, np.ndarray], tuple[jax.Array, jax.Array]]
+    train_step_flat: Callable[..., tuple[list[Any], jax.Array]]
 
 
 class Holdout(NamedTuple):
@@ -203,10 +209,16 @@ def compile_steps(graphdef: Any, tx: optax.GradientTransformation, augment: Augm
     step's key is derived inside (one dispatch per step, not two), and the parameter
     and optimiser buffers are donated, so they are updated in place rather than
     reallocated every step.
+
+    ``train_step_flat(leaves, rest_leaves, x, y, base_key, step, treedefs)`` is the
+    same step over ``jax.tree.flatten((params, opt_state))``'s leaves and ``rest``'s,
+    returning the new leaves and the loss; ``treedefs`` (static) rebuilds the trees
+    inside. jax flattens ``nnx.State`` in Python on every call; a flat list is
+    flattened in C++, which saves ~0.3 ms of dispatch per step on CPU (6% of a
+    256-cell step over 2,000 genes, 25% of an 8-cell one).
     """
 
-    @partial(jax.jit, donate_argnums=(0, 1))
-    def train_step(
+    def step_fn(
         params: Any,
         opt_state: optax.OptState,
         rest: Any,
@@ -235,6 +247,24 @@ def compile_steps(graphdef: Any, tx: optax.GradientTransformation, augment: Augm
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
+    train_step = partial(jax.jit, donate_argnums=(0, 1))(step_fn)
+
+    @partial(jax.jit, donate_argnums=(0,), static_argnums=(6,))
+    def train_step_flat(
+        leaves: list[Any],
+        rest_leaves: list[Any],
+        x: jax.Array,
+        y: jax.Array,
+        base_key: jax.Array,
+        step: jax.Array,
+        treedefs: tuple[Any, Any],
+    ) -> tuple[list[Any], jax.Array]:
+        state_def, rest_def = treedefs
+        params, opt_state = jax.tree.unflatten(state_def, leaves)
+        rest = jax.tree.unflatten(rest_def, rest_leaves)
+        params, opt_state, loss = step_fn(params, opt_state, rest, x, y, base_key, step)
+        return jax.tree.leaves((params, opt_state)), loss
+
     @jax.jit
     def eval_step(params: Any, rest: Any, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         # As GinsengModelState's compiled forward: model(x) with the hidden layer kept.
@@ -242,7 +272,7 @@ def compile_steps(graphdef: Any, tx: optax.GradientTransformation, augment: Augm
         hidden = model.hidden_from_first_linear(model.blocks[0].linear(model.preprocess(x)))
         return hidden, model.head(hidden)
 
-    return Steps(train_step, eval_step)
+    return Steps(train_step, eval_step, train_step_flat)
 
 
 def train_epoch(
@@ -250,16 +280,17 @@ def train_epoch(
 ) -> tuple[TrainState, float]:
     """Run ``train_step`` on every batch; return the new state and the mean training loss.
 
-    The step's random key is ``fold_in(key, step)``, so the global step count (not the
+    ``train_step`` is a :class:`Steps`' ``train_step_flat``: the state is flattened
+    once here, not at every step. The step's random key is ``fold_in(key, step)``, so the global step count (not the
     epoch) decides augmentation and dropout.
     """
-    params, opt_state, step = state.params, state.opt_state, state.step
+    leaves, state_def = jax.tree.flatten((state.params, state.opt_state))
+    rest_leaves, rest_def = jax.tree.flatten(state.rest)
+    treedefs, step = (state_def, rest_def), state.step
     in_flight: deque[jax.Array] = deque()
     loss_sum, n_losses = 0.0, 0
     for x, y in batches:
-        params, opt_state, loss = train_step(
-            params, opt_state, state.rest, x, y, key, np.int32(step)
-        )
+        leaves, loss = train_step(leaves, rest_leaves, x, y, key, np.int32(step), treedefs)
         step += 1
         # jax dispatches asynchronously: unchecked, the loop would read the whole epoch
         # ahead and hold every batch in memory (~1 GB at 100k cells x 3k genes).
@@ -272,6 +303,7 @@ def train_epoch(
     n_losses += len(in_flight)
     loss_sum += sum(float(v) for v in in_flight)
     mean_loss = loss_sum / n_losses if n_losses else float("nan")
+    params, opt_state = jax.tree.unflatten(state_def, leaves)
     return TrainState(params, opt_state, state.rest, step), mean_loss
 
 

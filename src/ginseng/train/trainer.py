@@ -212,7 +212,7 @@ class GinsengClassifierTrainer:
         graphdef, params, rest = split_params(model)
         steps = compile_steps(graphdef, tx, Augmentation.from_settings(self.settings))
         eval_step = steps.eval_step
-        steps = steps._replace(train_step=plan.devices.step(steps.train_step))
+        steps = steps._replace(train_step_flat=plan.devices.step(steps.train_step_flat))
         # One compiled init, not one eager zeros kernel per parameter shape.
         opt_state = jax.jit(tx.init)(params)
         state = TrainState(*plan.devices.replicate((params, opt_state, rest)))
@@ -248,7 +248,7 @@ class GinsengClassifierTrainer:
         for epoch in epochs if bar is None else bar:
             t0 = time.perf_counter()
             batches = Waited(dp.shard(self._train_batches(plan, stream_seeds[epoch - 1])))
-            state, train_loss = train_epoch(steps.train_step, state, batches, key)
+            state, train_loss = train_epoch(steps.train_step_flat, state, batches, key)
             # Each process evaluates the whole holdout on its own copy of the parameters.
             local = state._replace(params=dp.local(state.params), rest=dp.local(state.rest))
             holdout = evaluate(steps.eval_step, local, holdout_batches(), label_names)
