@@ -259,8 +259,16 @@ def test_workers_with_dasks_malloc_setting_alone_are_named_once(
     monkeypatch.setattr(_dask_workers, "_ALLOCATOR_CHECKED", set())
     path = tmp_path / "query.h5ad"
     query.write_h5ad(path)
-    with pytest.warns(UserWarning, match=r"2 of 2 dask workers run with MALLOC_TRIM_THRESHOLD_"):
+    with pytest.warns(
+        UserWarning, match=r"2 of 2 dask workers run with MALLOC_TRIM_THRESHOLD_"
+    ) as record:
         gs.tl.classify(path, toy_trained.state, batch_size=ROWS).file.close()
+    # The fix it suggests is what the CLI's own workers start with.
+    from ginseng.cli import WORKER_ENVIRON
+
+    message = str(record[0].message)
+    for name, value in WORKER_ENVIRON.items():
+        assert f"'distributed.nanny.pre-spawn-environ.{name}': {value}" in message
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # not again for this scheduler
         gs.tl.classify(path, toy_trained.state, batch_size=ROWS).file.close()

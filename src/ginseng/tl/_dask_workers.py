@@ -67,15 +67,19 @@ def warn_if_workers_unmap_blocks(client: Any) -> None:
     slow = {worker: env for worker, env in environs.items() if _unmaps_blocks(env)}
     if not slow:
         return
+    from ..cli import WORKER_ENVIRON  # what the CLI's own workers start with
+
     example = next(iter(slow.values()))
+    raised = ", ".join(
+        f"'distributed.nanny.pre-spawn-environ.{name}': {value}"
+        for name, value in WORKER_ENVIRON.items()
+    )
     warnings.warn(
         f"{len(slow)} of {len(environs)} dask workers run with "
         f"{', '.join(f'{k}={v}' for k, v in example.items())}: glibc then maps and unmaps "
         "every array above 128 KiB, which made ginseng's classification about twice as "
         "slow per block. Start the workers with MALLOC_TRIM_THRESHOLD_ and "
-        "MALLOC_MMAP_THRESHOLD_ raised, e.g. dask.config.set({'distributed.nanny."
-        "pre-spawn-environ.MALLOC_TRIM_THRESHOLD_': 268435456, 'distributed.nanny."
-        "pre-spawn-environ.MALLOC_MMAP_THRESHOLD_': 268435456}) before the cluster "
+        f"MALLOC_MMAP_THRESHOLD_ raised, e.g. dask.config.set({{{raised}}}) before the cluster "
         "starts (see ginseng's 'Scaling out' docs); `ginseng annotate --workers N` does this.",
         UserWarning,
         stacklevel=5,  # classify's caller: classify -> run_classify -> run_dask
