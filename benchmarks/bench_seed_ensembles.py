@@ -61,27 +61,27 @@ def member_probabilities(ref, query, seed: int, n_members: int, members: str):
     from ginseng.data import GinsengDataset
     from ginseng.train import GinsengClassifierTrainer
 
-    probas, times, labels = [], [], None
+    shared = members == "shared_split"
+    probas, times, labels, split = [], [], None, {}
     with tempfile.TemporaryDirectory(prefix="ginseng-ensemble-") as tmp:
         store = Path(tmp) / "ref.zarr"
         for j in range(n_members):
             start = time.perf_counter()
-            if j == 0 or members == "independent":
+            if j == 0 or not shared:
                 state = gs.tl.train(
                     ref, "label", seed=seed + 1000 * j, query_genes=query.var_names,
-                    store=store if members == "shared_split" else None,
+                    store=store if shared else None,
                 )  # fmt: skip
                 first = state.settings
-                split = {k: v.copy() for k, v in GinsengDataset(store).splits.items()} if (
-                    members == "shared_split"
-                ) else None  # fmt: skip
+                if shared:
+                    split = {k: v.copy() for k, v in GinsengDataset(store).splits.items()}
             else:
                 dataset = GinsengDataset(store)
                 dataset.make_split = lambda *args, **kwargs: None  # keep member 0's split
                 settings = first.replace(seed=seed + 1000 * j)
                 state = GinsengClassifierTrainer(dataset, settings).fit(10).state
                 kept = GinsengDataset(store).splits
-                assert split is not None and all(np.array_equal(kept[k], split[k]) for k in split)
+                assert all(np.array_equal(kept[k], split[k]) for k in split)
             times.append(time.perf_counter() - start)
             names = [str(x) for x in state.labels]
             assert labels is None or names == labels, "members disagree on the labels"
