@@ -9,7 +9,7 @@ the first K in {1, 2, 3, 5} average their calibrated probabilities. Scored with
 ``peers.metrics`` as ``bench_transfer.py`` scores every method; ``train_s`` adds up the
 members' wall-clock training.
 
-Two ways of making the members (``--members``):
+Three ways of making the members (``--members``):
 
 - ``independent``: every member is a whole ``gs.tl.train`` run, so each also makes its
   own store and holdout split (seed ``s + 1000 * j``).
@@ -18,6 +18,12 @@ Two ways of making the members (``--members``):
   seed ``s + 1000 * j``, with member 0's holdout split kept (initialisation, data
   order, augmentation and dropout differ), as an ensemble stored in one model, all
   calibrated on one holdout, would have to.
+- ``shared_batches``: as ``shared_split``, and every member also sees member 0's
+  batches in member 0's order: the trainer draws its stream seeds (order, label
+  balancing) and gene-statistics sample from ``np.random.default_rng(settings.seed)``,
+  which is given member 0's seed, while the weights, augmentation and dropout follow
+  the member's ``settings.seed``. It emulates K members trained in one pass over one
+  stream (patching ``ginseng.train.trainer``'s ``np``; a benchmark-only device).
 
 Rule, written down before the runs: choose K on the three PBMC tasks (seeds 0-4,
 highest mean macro-F1; a K within 0.002 of the best loses to a smaller one), report it
@@ -27,6 +33,7 @@ choice. Usage::
     python benchmarks/bench_transfer.py --methods logreg   # once: caches the tasks
     python benchmarks/bench_seed_ensembles.py --members independent
     python benchmarks/bench_seed_ensembles.py --members shared_split
+    python benchmarks/bench_seed_ensembles.py --members shared_batches
 
 Writes ``results/transfer_seed_ensembles.json`` (every run, appended) and
 ``results/transfer_seed_ensembles.md`` (tables over all runs recorded).
@@ -35,12 +42,15 @@ Writes ``results/transfer_seed_ensembles.json`` (every run, appended) and
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pandas as pd
@@ -55,13 +65,32 @@ TIE = 0.002
 OUT = RESULTS / "transfer_seed_ensembles"
 
 
+@contextlib.contextmanager
+def _batches_of(first_seed: int | None, member_seed: int) -> Iterator[None]:
+    """With ``first_seed``: the trainer's numpy seed ``member_seed`` becomes ``first_seed``."""
+    if first_seed is None:
+        yield
+        return
+    import types
+
+    import ginseng.train.trainer as trainer_module
+
+    def default_rng(seed=None):
+        return np.random.default_rng(first_seed if seed == member_seed else seed)
+
+    random = types.SimpleNamespace(default_rng=default_rng)
+    proxy = types.SimpleNamespace(**{**vars(np), "random": random})
+    with mock.patch.object(trainer_module, "np", proxy):
+        yield
+
+
 def member_probabilities(ref, query, seed: int, n_members: int, members: str):
     """Each member's calibrated query probabilities (label order), wall-clock training s."""
     import ginseng as gs
     from ginseng.data import GinsengDataset
     from ginseng.train import GinsengClassifierTrainer
 
-    shared = members == "shared_split"
+    shared = members in ("shared_split", "shared_batches")
     probas, times, labels, split = [], [], None, {}
     with tempfile.TemporaryDirectory(prefix="ginseng-ensemble-") as tmp:
         store = Path(tmp) / "ref.zarr"
@@ -79,7 +108,8 @@ def member_probabilities(ref, query, seed: int, n_members: int, members: str):
                 dataset = GinsengDataset(store)
                 dataset.make_split = lambda *args, **kwargs: None  # keep member 0's split
                 settings = first.replace(seed=seed + 1000 * j)
-                state = GinsengClassifierTrainer(dataset, settings).fit(10).state
+                with _batches_of(seed if members == "shared_batches" else None, settings.seed):
+                    state = GinsengClassifierTrainer(dataset, settings).fit(10).state
                 kept = GinsengDataset(store).splits
                 assert all(np.array_equal(kept[k], split[k]) for k in split)
             times.append(time.perf_counter() - start)
@@ -136,7 +166,7 @@ def report(runs: list[dict]) -> str:
     ]
     if any(run.get("load") is None for run in runs):
         parts.append(
-            "Runs without a `load` were made on 2026-11-30, 01:59-02:50 UTC (load average "
+            "Runs without a `load` were made on 2026-11-30, 01:59-03:24 UTC (load average "
             "1-4), by scratch drivers doing this script's computation before it was "
             "written; one task and seed of each kind rerun with this script gave the "
             "same metrics to the last digit.\n"
@@ -164,7 +194,9 @@ def report(runs: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--members", choices=("independent", "shared_split"), required=True)
+    p.add_argument(
+        "--members", choices=("independent", "shared_split", "shared_batches"), required=True
+    )
     p.add_argument("--tasks", nargs="+", default=[*SELECTION, *REPORT])
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="default: 0-4 / 0-7")
     p.add_argument("--cache-dir", default=None, help="dataset cache (default benchmarks/.cache)")
